@@ -17,7 +17,7 @@ RAW = Path("data/raw")
 INTERIM = Path("data/interim")
 PROCESSED = Path("data/processed")
 MODEL = Path("models/model.keras")
-LIVE = Path("dvclive")
+LIVE = Path("results/train")
 EVALUATION = Path("results/evaluate")
 
 
@@ -66,7 +66,9 @@ def cli(ctx: click.Context, params_path: Path) -> None:
 
 @cli.command("demo-data")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--force", is_flag=True, help="Write into a non-empty folder demo-data did not write.")
+@click.option(
+    "--force", is_flag=True, help="Write into a non-empty folder demo-data did not write."
+)
 def demo_data(folder: Path, force: bool) -> None:
     """Write the 5,000 MNIST demo digits as PNGs in FOLDER/0 ... FOLDER/9.
 
@@ -81,10 +83,20 @@ def demo_data(folder: Path, force: bool) -> None:
 
 
 @cli.command()
-@click.option("--raw", type=_folder(exists=False), default=RAW, show_default=True,
-              help="Folder with one sub-folder of images per class.")
-@click.option("--out", type=_folder(exists=False), default=INTERIM, show_default=True,
-              help="Where to write images.npy, manifest.csv, quarantine.csv and report.json.")
+@click.option(
+    "--raw",
+    type=_folder(exists=False),
+    default=RAW,
+    show_default=True,
+    help="Folder with one sub-folder of images per class.",
+)
+@click.option(
+    "--out",
+    type=_folder(exists=False),
+    default=INTERIM,
+    show_default=True,
+    help="Where to write images.npy, manifest.csv, quarantine.csv and report.json.",
+)
 @click.pass_context
 def ingest(ctx: click.Context, raw: Path, out: Path) -> None:
     """Decode, orient and resize every image into one uint8 array (params: ingest).
@@ -106,10 +118,20 @@ def ingest(ctx: click.Context, raw: Path, out: Path) -> None:
 
 
 @cli.command()
-@click.option("--interim", type=_folder(), default=INTERIM, show_default=True,
-              help="The output folder of ingest.")
-@click.option("--out", type=_folder(exists=False), default=PROCESSED, show_default=True,
-              help="Where to write the per-split arrays, labels.json and splits.csv.")
+@click.option(
+    "--interim",
+    type=_folder(),
+    default=INTERIM,
+    show_default=True,
+    help="The output folder of ingest.",
+)
+@click.option(
+    "--out",
+    type=_folder(exists=False),
+    default=PROCESSED,
+    show_default=True,
+    help="Where to write the per-split arrays, labels.json and splits.csv.",
+)
 @click.pass_context
 def prepare(ctx: click.Context, interim: Path, out: Path) -> None:
     """Split by content hash into train/val/test and one-hot encode (params: prepare).
@@ -126,12 +148,27 @@ def prepare(ctx: click.Context, interim: Path, out: Path) -> None:
 
 
 @cli.command()
-@click.option("--processed", type=_folder(), default=PROCESSED, show_default=True,
-              help="The output folder of prepare.")
-@click.option("--model-out", type=click.Path(dir_okay=False, path_type=Path), default=MODEL,
-              show_default=True, help="Where to save the trained model (.keras).")
-@click.option("--live-dir", type=_folder(exists=False), default=LIVE, show_default=True,
-              help="dvclive folder for per-epoch metrics and plots.")
+@click.option(
+    "--processed",
+    type=_folder(),
+    default=PROCESSED,
+    show_default=True,
+    help="The output folder of prepare.",
+)
+@click.option(
+    "--model-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=MODEL,
+    show_default=True,
+    help="Where to save the trained model (.keras).",
+)
+@click.option(
+    "--live-dir",
+    type=_folder(exists=False),
+    default=LIVE,
+    show_default=True,
+    help="dvclive folder for per-epoch metrics and plots.",
+)
 @click.pass_context
 def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) -> None:
     """Train the CNN named by train.model (params: base.seed, train).
@@ -147,12 +184,28 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
 
 
 @cli.command()
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=MODEL, show_default=True, help="The trained model.")
-@click.option("--processed", type=_folder(), default=PROCESSED, show_default=True,
-              help="The output folder of prepare; its test split is used.")
-@click.option("--out", type=_folder(exists=False), default=EVALUATION, show_default=True,
-              help="Where to write metrics.json.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=MODEL,
+    show_default=True,
+    help="The trained model.",
+)
+@click.option(
+    "--processed",
+    type=_folder(),
+    default=PROCESSED,
+    show_default=True,
+    help="The output folder of prepare; its test split is used.",
+)
+@click.option(
+    "--out",
+    type=_folder(exists=False),
+    default=EVALUATION,
+    show_default=True,
+    help="Where to write metrics.json.",
+)
 @click.pass_context
 def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -> None:
     """Measure loss and accuracy on the test split into metrics.json."""

@@ -76,8 +76,9 @@ def compile_model(model: keras.Model, num_classes: int, learning_rate: float) ->
     if num_classes == 2:
         loss, accuracy = "binary_crossentropy", keras.metrics.BinaryAccuracy(name="accuracy")
     else:
-        loss, accuracy = "categorical_crossentropy", keras.metrics.CategoricalAccuracy(
-            name="accuracy"
+        loss, accuracy = (
+            "categorical_crossentropy",
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
         )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),

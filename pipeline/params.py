@@ -75,9 +75,7 @@ def load_params(path: Path) -> Params:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ParamsError(
-            f"{path} not found; run from the project root or pass --params"
-        ) from None
+        raise ParamsError(f"{path} not found; run from the project root or pass --params") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ParamsError(f"{path} cannot be read: {error}") from None
     try:
@@ -114,7 +112,8 @@ def _describe(error: dict, data: dict) -> str:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{key} is not a known key{hint}; allowed keys here: {', '.join(allowed)}"
     allowed = _allowed(field)
-    if error["type"] == "missing":
+    # A missing list item ([64] for [height, width]) is a bad value, not a missing key.
+    if error["type"] == "missing" and len(names) == len(error["loc"]):
         return f"{key} is missing; add it, allowed: {allowed}"
     if error["type"] == "value_error":
         return f"{key}: {error['msg'].removeprefix('Value error, ')}"

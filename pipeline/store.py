@@ -159,11 +159,10 @@ def read_json(path: Path):
 
 def _write_rows(path: Path, row_type: type, rows: list) -> None:
     names = [field.name for field in dataclasses.fields(row_type)]
-    with atomic_path(path) as temporary:
-        with temporary.open("w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file, lineterminator="\n")
-            writer.writerow(names)
-            writer.writerows(dataclasses.astuple(row) for row in rows)
+    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(dataclasses.astuple(row) for row in rows)
 
 
 def _read_rows(path: Path, row_type: type) -> list:

@@ -47,7 +47,9 @@ def train(
     model = build_model(settings.model, train_split.images.shape[1:], num_classes)
     compile_model(model, num_classes, settings.learning_rate)
     validation = (
-        (np.asarray(val_split.images), np.asarray(val_split.labels)) if len(val_split.images) else None
+        (np.asarray(val_split.images), np.asarray(val_split.labels))
+        if len(val_split.images)
+        else None
     )
     model.fit(
         np.asarray(train_split.images),

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny real images written with Pillow, and params files."""
+
+import hashlib
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's bin: imgpipe, dvc
+
+# Three classes a small CNN separates in one epoch: dark, mid and bright images.
+CLASS_LEVELS = {"bright": 220, "dark": 30, "mid": 128}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tools_on_path():
+    # dvc runs each stage's `imgpipe` through the shell; it must find this venv's copy.
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def image_bytes(level: int, seed: str, size=(40, 30), fmt="PNG", mode="RGB") -> bytes:
+    """A real, encoded, noisy image around a grey level; `seed` makes each one unique."""
+    rng = np.random.default_rng(int(hashlib.sha256(seed.encode()).hexdigest()[:8], 16))
+    pixels = np.clip(rng.normal(level, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB").convert(mode)
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_dataset(root: Path, per_class: int = 12, classes=CLASS_LEVELS) -> Path:
+    """Write `per_class` PNGs for each class under root/<class>/."""
+    for name, level in classes.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            (folder / f"{index:03d}.png").write_bytes(image_bytes(level, f"{name}{index}"))
+    return root
+
+
+def default_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def write_params(path: Path, **sections) -> Path:
+    """Write params.yaml: the repository's defaults with `sections` merged in."""
+    params = default_params()
+    for section, values in sections.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+# Small and fast settings for tests that train.
+FAST = {
+    "ingest": {"image_size": [32, 32]},
+    "prepare": {"val_fraction": 0.2, "test_fraction": 0.25},
+    "train": {"epochs": 1, "batch_size": 8},
+}
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "raw")

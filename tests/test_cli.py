@@ -1,0 +1,152 @@
+"""The click commands, run as a user runs them."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline import store
+from pipeline.cli import cli
+from tests.conftest import FAST, REPO, make_dataset, write_params
+
+STAGES = ["ingest", "prepare", "train", "evaluate"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A raw data set taken through every stage by hand, with small settings."""
+    root = tmp_path_factory.mktemp("project")
+    paths = {
+        "params": write_params(root / "params.yaml", **FAST),
+        "raw": make_dataset(root / "raw", per_class=16),
+        "interim": root / "interim",
+        "processed": root / "processed",
+        "model": root / "model.keras",
+        "live": root / "live",
+        "results": root / "results",
+    }
+    commands = {
+        "ingest": ["--raw", paths["raw"], "--out", paths["interim"]],
+        "prepare": ["--interim", paths["interim"], "--out", paths["processed"]],
+        "train": ["--processed", paths["processed"], "--model-out", paths["model"],
+                  "--live-dir", paths["live"]],
+        "evaluate": ["--model", paths["model"], "--processed", paths["processed"],
+                     "--out", paths["results"]],
+    }  # fmt: skip
+    outputs = {}
+    for stage in STAGES:
+        result = invoke("--params", paths["params"], stage, *commands[stage])
+        assert result.exit_code == 0, result.output
+        outputs[stage] = result.output
+    return paths, commands, outputs
+
+
+def test_help_lists_every_command_with_a_summary():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ["demo-data", *STAGES]:
+        assert f"  {command} " in result.output
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_help_explains_its_paths_and_defaults(stage):
+    result = invoke(stage, "--help")
+    assert result.exit_code == 0
+    assert "[default: " in result.output
+    assert "params" in result.output or stage == "evaluate"
+
+
+def _heavy_modules_after(args, cwd) -> list[str]:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from pipeline.cli import cli\n"
+        "result = CliRunner().invoke(cli, sys.argv[1:])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return eval(done.stdout)
+
+
+def test_help_and_ingest_never_import_a_deep_learning_backend(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    params = write_params(tmp_path / "params.yaml")
+    assert _heavy_modules_after(["--help"], REPO) == []
+    ingest = ["--params", params, "ingest", "--raw", raw, "--out", tmp_path / "interim"]
+    assert _heavy_modules_after(ingest, tmp_path) == []
+
+
+def test_the_stages_by_hand_write_every_output(project):
+    paths, _, outputs = project
+    assert sorted(p.name for p in paths["interim"].iterdir()) == sorted(store.INTERIM_FILES)
+    assert sorted(p.name for p in paths["processed"].iterdir()) == sorted(store.PROCESSED_FILES)
+    assert "48 images in 3 classes, 0 quarantined" in outputs["ingest"]
+    assert paths["model"].is_file()
+
+    live = json.loads((paths["live"] / "metrics.json").read_text())
+    assert set(live["train"]) == {"loss", "accuracy"} and set(live["val"]) == {"loss", "accuracy"}
+    assert (paths["live"] / "plots" / "metrics" / "val" / "loss.tsv").is_file()
+
+    metrics = json.loads((paths["results"] / "metrics.json").read_text())
+    test_split = store.read_split(paths["processed"], "test")
+    assert metrics["images"] == len(test_split.images) > 0
+    assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
+    assert f"test accuracy {metrics['accuracy']:.4f}" in outputs["evaluate"]
+
+
+BAD_PARAMS = {"train": {"epochs": 0}, "ingest": {"color_mode": "sepia"}}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_bad_params_stop_every_stage_with_exit_2_one_line_and_no_output_touched(
+    project, tmp_path, stage
+):
+    paths, commands, _ = project
+    bad = write_params(tmp_path / "params.yaml", **BAD_PARAMS)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths["interim"].parent.rglob("*")
+              if p.is_file()}  # fmt: skip
+
+    result = invoke("--params", bad, stage, *commands[stage])
+
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1
+    assert result.output.startswith("Error: ") and "ingest.color_mode = 'sepia'" in result.output
+    assert "Traceback" not in result.output
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths["interim"].parent.rglob("*")
+             if p.is_file()}  # fmt: skip
+    assert after == before
+
+
+def test_a_data_problem_exits_1_with_a_message_not_a_traceback(tmp_path):
+    (tmp_path / "raw" / "cats").mkdir(parents=True)
+    params = write_params(tmp_path / "params.yaml")
+    result = invoke(
+        "--params", params, "ingest", "--raw", tmp_path / "raw", "--out", tmp_path / "o"
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: no readable images")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_input_folder_names_the_option(tmp_path):
+    result = invoke("prepare", "--interim", tmp_path / "nowhere")
+    assert result.exit_code == 2
+    assert "--interim" in result.output and "does not exist" in result.output
+
+
+def test_python_dash_m_runs_the_same_cli():
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "demo-data" in done.stdout

@@ -1,0 +1,60 @@
+"""dvc.yaml and the code agree: paths, file names and params keys."""
+
+import yaml
+
+from pipeline import cli, store
+from pipeline.params import Params
+from tests.conftest import REPO
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _paths(entries) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
+def _written(stage: str) -> set[str]:
+    return set(_paths(STAGES[stage].get("outs", []) + STAGES[stage].get("metrics", [])))
+
+
+def test_stages_are_the_pipeline_in_order():
+    assert list(STAGES) == ["ingest", "prepare", "train", "evaluate"]
+    assert all(STAGES[name]["cmd"].startswith(f"imgpipe {name} ") for name in STAGES)
+
+
+def test_stage_outputs_are_exactly_the_files_the_store_writes():
+    assert _written("ingest") == {f"{cli.INTERIM.as_posix()}/{f}" for f in store.INTERIM_FILES}
+    assert _written("prepare") == {f"{cli.PROCESSED.as_posix()}/{f}" for f in store.PROCESSED_FILES}
+    assert _written("train") == {cli.MODEL.as_posix(), f"{cli.LIVE.as_posix()}/metrics.json"}
+    assert _written("evaluate") == {f"{cli.EVALUATION.as_posix()}/metrics.json"}
+
+
+def test_each_stage_reads_only_the_raw_data_or_what_earlier_stages_write():
+    available = {cli.RAW.as_posix()}
+    for name, stage in STAGES.items():
+        data_deps = {d for d in stage["deps"] if not d.startswith("pipeline/")}
+        assert data_deps and data_deps <= available, name
+        available |= _written(name)
+
+
+def test_commands_pass_the_cli_defaults():
+    for name, stage in STAGES.items():
+        command = cli.cli.commands[name]
+        defaults = {
+            option.opts[0]: str(option.default)
+            for option in command.params
+            if option.opts[0].startswith("--")
+        }
+        words = stage["cmd"].split()[2:]
+        assert dict(zip(words[::2], words[1::2], strict=True)) == defaults, name
+
+
+def test_listed_params_exist_and_cover_each_stages_section():
+    for name, stage in STAGES.items():
+        for key in stage.get("params", []):
+            section, field = key.split(".")
+            assert field in Params.model_fields[section].annotation.model_fields, key
+        if name in Params.model_fields:
+            section_model = Params.model_fields[name].annotation
+            listed = {k.split(".")[1] for k in stage["params"] if k.startswith(f"{name}.")}
+            assert listed == set(section_model.model_fields), name
