@@ -23,7 +23,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/imgpipe demo-data data/raw
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/dvc metrics show results/evaluate/metrics.json
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check pipeline tests
