@@ -19,6 +19,7 @@ PROCESSED = Path("data/processed")
 MODEL = Path("models/model.keras")
 LIVE = Path("results/train")
 EVALUATION = Path("results/evaluate")
+DECODE_CACHE = Path(".cache/imgpipe/decoded.sqlite")
 
 
 class BadParams(click.ClickException):
@@ -88,33 +89,58 @@ def demo_data(folder: Path, force: bool) -> None:
     type=_folder(exists=False),
     default=RAW,
     show_default=True,
-    help="Folder with one sub-folder of images per class.",
+    help="Folder with one sub-folder of images per class (sub-folders of those included).",
 )
 @click.option(
     "--out",
     type=_folder(exists=False),
     default=INTERIM,
     show_default=True,
-    help="Where to write images.npy, manifest.csv, quarantine.csv and report.json.",
+    help="Where to write images.npy, manifest.csv, quarantine.csv, duplicates.csv, report.json.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Decoding processes. [default: every usable core]",
+)
+@click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DECODE_CACHE,
+    show_default=True,
+    envvar="IMGPIPE_DECODE_CACHE",
+    help="Decode cache (SQLite), so re-runs decode only new files; safe to delete. "
+    "Env: IMGPIPE_DECODE_CACHE.",
+)
+@click.option(
+    "--no-cache", is_flag=True, help="Decode every file; neither read nor write the cache."
 )
 @click.pass_context
-def ingest(ctx: click.Context, raw: Path, out: Path) -> None:
+def ingest(
+    ctx: click.Context, raw: Path, out: Path, workers: int | None, cache_path: Path, no_cache: bool
+) -> None:
     """Decode, orient and resize every image into one uint8 array (params: ingest).
 
-    Files that do not decode are listed in quarantine.csv with the reason and
-    the run goes on; hidden files are skipped.
+    Every file gets one verdict: accepted; quarantined with a reason in
+    quarantine.csv (corrupt, truncated, empty, not an image, over
+    ingest.max_pixels, a link out of the raw folder); duplicate of an image in
+    the same class, or conflict when the same image is in two classes (both in
+    duplicates.csv); or ignored (hidden files, known non-image files). The
+    output does not depend on --workers or the cache.
     """
     settings = _params(ctx).ingest
     from pipeline import ingest as stage
 
-    interim = stage.run(raw, out, settings)
-    report = interim.report
-    click.echo(
-        f"ingest: {report['accepted']} images in {len(report['classes'])} classes, "
-        f"{report['quarantined']} quarantined, {report['skipped']} skipped -> {out}"
+    interim = stage.run(
+        raw,
+        out,
+        settings,
+        workers=workers or stage.usable_cores(),
+        cache_path=None if no_cache else cache_path,
     )
-    for row in interim.quarantine[:10]:
-        click.echo(f"  quarantined {row.path}: {row.reason}", err=True)
+    click.echo(stage.summary(interim, out))
 
 
 @cli.command()

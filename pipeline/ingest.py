@@ -1,106 +1,388 @@
 """Ingest: a folder of class sub-folders of images -> uint8 arrays and a manifest.
 
-`decode_image` is the pure core (bytes in, pixels out) and is the only code
-that turns an image file into model input, so `predict` can reuse it exactly.
+Every file under the raw folder gets exactly one verdict:
+
+- accepted: decoded, oriented, converted and resized; a row of images.npy;
+- quarantined: not a usable image (corrupt, truncated, empty, not an image,
+  a decompression bomb, a link out of the raw folder), with a reason;
+- duplicate: the same bytes as an accepted file of the same class;
+- conflict: the same bytes under two or more classes, so no label can be trusted;
+- ignored: hidden files and folders, and files that are known not to be images.
+
+`decode_image` is the pure core (bytes in, pixels out) and the only code that
+turns an image file into model input.
 """
 
 import hashlib
 import io
-from collections import Counter
+import multiprocessing
+import os
+import re
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline import store
+from pipeline.cache import DecodeCache, Decoded, signature
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
 
-# What Pillow raises for files that are not (valid) images.
-IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
+
+# Bumped whenever decode_image would give other pixels for the same file and settings.
+DECODER_VERSION = 1
+
+# Files people keep beside their images; anything else is tried as an image.
+NOT_IMAGES = frozenset(
+    {
+        *(".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".jsonl", ".xml", ".yaml", ".yml"),
+        *(".html", ".htm", ".pdf", ".doc", ".docx", ".zip", ".tar", ".gz", ".7z", ".db"),
+        *(".ini", ".log", ".py", ".ipynb", ".dvc", ".mp4", ".mov", ".avi", ".mkv", ".mp3", ".wav"),
+    }
+)
 
 PIL_MODES = {"grayscale": "L", "rgb": "RGB"}
 
+# EXIF orientation -> the transpose that shows the image as the camera saw it.
+ORIENTATION_TAG = 0x0112
+TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+SIDEWAYS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
-def decode_image(data: bytes, settings: Ingest) -> tuple[np.ndarray, Image.Image]:
-    """Decode, orient, convert and resize one image file's bytes.
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+WHITE = (255, 255, 255, 255)  # what transparent pixels become
 
-    Returns the (H, W, C) uint8 pixels and the opened (not decoded) source image
-    for its metadata. Raises one of IMAGE_ERRORS for anything that is not a valid image.
+
+class Rejected(Exception):
+    """A file Pillow can open but that must not be used; the message is the reason."""
+
+
+def decode_image(data: bytes, settings: Ingest) -> tuple[np.ndarray, tuple[int, int, str, str]]:
+    """Decode one image file's bytes into (H, W, C) uint8 pixels at the configured size.
+
+    Also returns (width, height, format, mode) as stored in the file. Raises
+    `Rejected`, or whatever Pillow raises, for a file that is not a usable image.
     """
     height, width = settings.image_size
-    with Image.open(io.BytesIO(data)) as source:
-        # Orientation first, so that width and height mean what the viewer saw.
-        image = ImageOps.exif_transpose(source).convert(PIL_MODES[settings.color_mode])
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    # Pillow refuses above twice this limit when opening; the check below refuses above it.
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
+    with warnings.catch_warnings():
+        # Pillow warns about odd but readable files (palette transparency, bad EXIF);
+        # they are not failures, and under `python -W error` they must not become ones.
+        warnings.simplefilter("ignore")
+        with Image.open(io.BytesIO(data)) as image:
+            facts = (image.width, image.height, image.format or "", image.mode)
+            if image.width * image.height > settings.max_pixels:
+                raise Rejected(
+                    f"decompression bomb: {image.width}x{image.height} pixels is over "
+                    f"ingest.max_pixels = {settings.max_pixels}"
+                )
+            orientation = _orientation(image)
+            if image.format == "JPEG":
+                # DCT scaling: decode at 1/2, 1/4 or 1/8 size while still at least the target.
+                wanted = (height, width) if orientation in SIDEWAYS else (width, height)
+                image.draft("L" if settings.color_mode == "grayscale" else None, wanted)
+            if orientation in TRANSPOSES:
+                image = image.transpose(TRANSPOSES[orientation])
+            image = _convert(image, PIL_MODES[settings.color_mode])
+            image = _fit(image, (width, height), settings)
     pixels = np.asarray(image, dtype=np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, np.newaxis]  # (H, W) -> (H, W, 1)
-    return pixels, source
+    return pixels, facts
 
 
-def scan(raw: Path) -> tuple[list[tuple[str, str]], int]:
-    """List (path relative to `raw`, class) for every candidate image, in sorted order.
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(ORIENTATION_TAG, 1))
+    except Exception:  # A broken EXIF block must not cost an otherwise readable image.
+        return 1
 
-    Each sub-folder of `raw` is a class; files in its sub-folders belong to it.
-    Hidden files and folders, and files directly in `raw`, are skipped and counted.
-    """
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    if image.mode.startswith("I;16"):
+        # 16-bit samples: scale to 8 bits, where convert() would clip all above 255 to white.
+        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
+    return image.convert(mode)
+
+
+def _fit(image: Image.Image, size: tuple[int, int], settings: Ingest) -> Image.Image:
+    resample = Image.Resampling[settings.resample.upper()]
+    if settings.resize == "crop":  # fill the target, cutting the longer side
+        return ImageOps.fit(image, size, resample)
+    if settings.resize == "pad":  # keep all of the image, black bars on the shorter side
+        return ImageOps.pad(image, size, resample, color=0)
+    return image.resize(size, resample)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a walk of the raw folder found, before any file is decoded."""
+
+    candidates: list[tuple[str, str]]  # (path relative to raw, class)
+    ignored: list[str]
+    links_out: list[str]  # links that resolve outside the raw folder
+    classes: list[str]  # every class folder, even one with no usable image
+
+
+def scan(raw: Path) -> Scan:
+    """List every file under `raw`, in sorted order whatever order the file system gives."""
     if not raw.is_dir():
         raise PipelineError(f"{raw} is not a folder; expected {raw}/<class>/<image files>")
-    found, skipped = [], 0
-    for entry in sorted(raw.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir():
-            skipped += 1
-            continue
-        for path in sorted(entry.rglob("*")):
-            relative = path.relative_to(raw)
-            if any(part.startswith(".") for part in relative.parts):
-                skipped += path.is_file()
-            elif path.is_file():
-                found.append((relative.as_posix(), entry.name))
-    return found, skipped
+    root = raw.resolve()
+    candidates, ignored, links_out, classes = [], [], [], []
+
+    def walk(folder: Path, label: str | None) -> None:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+        for entry in entries:
+            path = Path(entry.path)
+            relative = path.relative_to(raw).as_posix()
+            if entry.is_symlink() and not path.resolve().is_relative_to(root):
+                links_out.append(relative)
+            elif entry.name.startswith("."):
+                ignored.extend(_files_under(path, raw) if entry.is_dir() else [relative])
+            elif entry.is_dir(follow_symlinks=False):
+                if label is None:
+                    classes.append(entry.name)
+                walk(path, label or entry.name)
+            elif entry.is_symlink() and path.is_dir():
+                ignored.append(relative)  # a folder link inside raw: its files are reached directly
+            elif label is None or path.suffix.lower() in NOT_IMAGES:
+                ignored.append(relative)
+            else:
+                candidates.append((relative, label))
+
+    walk(raw, None)
+    return Scan(candidates, ignored, links_out, classes)
 
 
-def ingest(raw: Path, settings: Ingest) -> store.Interim:
-    """Read every image under `raw`; undecodable files are quarantined with a reason."""
-    candidates, skipped = scan(raw)
-    pixels, manifest, quarantine = [], [], []
-    for relative, label in tqdm(candidates, desc="ingest", unit="img", disable=None):
-        data = (raw / relative).read_bytes()
+def _files_under(folder: Path, raw: Path) -> list[str]:
+    return sorted(p.relative_to(raw).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def examine_bytes(data: bytes, settings: Ingest) -> Decoded:
+    """Hash and decode one file's bytes; any failure becomes its quarantine reason."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    if not data:
+        return Decoded(sha256, None, reason="empty file (0 bytes)")
+    try:
+        pixels, facts = decode_image(data, settings)
+    except Rejected as error:
+        return Decoded(sha256, None, reason=str(error))
+    except Exception as error:  # Any decoder failure is a verdict on this file, not the run.
+        return Decoded(sha256, None, reason=_reason(error))
+    return Decoded(sha256, pixels.tobytes(), *facts)
+
+
+def _reason(error: Exception) -> str:
+    """One line, and the same on every run: no object addresses like '<_io.BytesIO at 0x..>'."""
+    message = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))
+    return " ".join(f"{type(error).__name__}: {message}".split())
+
+
+def examine(path: Path, settings: Ingest, cache: DecodeCache) -> Decoded:
+    """Read one file and decode it, unless the cache already holds that content."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return Decoded("", None, reason=f"cannot be read: {error.strerror or error}")
+    hit = cache.lookup([hashlib.sha256(data).hexdigest()])
+    return next(iter(hit.values())) if hit else examine_bytes(data, settings)
+
+
+# Per-process state of the decoding workers, set once by `_start_worker`.
+_worker: dict = {}
+
+
+def _start_worker(settings: Ingest, cache_path: Path | None, key: str) -> None:
+    _worker["settings"] = settings
+    _worker["cache"] = DecodeCache(cache_path, key, read_only=True)
+
+
+def _examine_in_worker(path: Path) -> Decoded:
+    return examine(path, _worker["settings"], _worker["cache"])
+
+
+def _examine_all(
+    paths: list[Path], settings: Ingest, cache_path: Path | None, key: str, workers: int
+) -> Iterator[Decoded]:
+    """Results in the order of `paths`, decoded on `workers` processes."""
+    if workers <= 1 or len(paths) < 2 * workers:
+        cache = DecodeCache(cache_path, key, read_only=True)
         try:
-            array, source = decode_image(data, settings)
-        except IMAGE_ERRORS as error:
-            reason = f"{type(error).__name__}: {error}".replace("\n", " ")
-            quarantine.append(store.QuarantineRow(relative, reason))
-            continue
-        pixels.append(array)
-        manifest.append(
-            store.ManifestRow(
-                path=relative,
-                label=label,
-                sha256=hashlib.sha256(data).hexdigest(),
-                width=source.width,
-                height=source.height,
-                format=source.format or "",
-                mode=source.mode,
-            )
+            yield from (examine(path, settings, cache) for path in paths)
+        finally:
+            cache.close()
+        return
+    chunk = max(1, min(64, len(paths) // (workers * 8)))
+    with multiprocessing.Pool(workers, _start_worker, (settings, cache_path, key)) as pool:
+        yield from pool.imap(_examine_in_worker, paths, chunksize=chunk)
+
+
+def settings_key(settings: Ingest) -> str:
+    """Everything that decides decode_image's output for given bytes."""
+    return f"decoder={DECODER_VERSION} pillow={PIL.__version__} {settings.model_dump_json()}"
+
+
+def ingest(
+    raw: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
+) -> store.Interim:
+    """Give every file under `raw` its verdict; outputs do not depend on `workers` or the cache."""
+    found = scan(raw)
+    key = settings_key(settings)
+    # The cache knows files by their real path, however the raw folder is reached.
+    real = [str((raw / relative).resolve()) for relative, _ in found.candidates]
+    cache = DecodeCache(cache_path, key)
+    try:
+        signatures = {path: signature(os.stat(path)) for path in real}
+        known = cache.known_hashes(signatures)
+        hits = cache.lookup(known.values())
+        results = {path: hits[known[path]] for path in real if known.get(path) in hits}
+        todo = [path for path in real if path not in results]
+        fresh = []
+        with tqdm(total=len(todo), desc="ingest", unit="img", disable=None) as progress:
+            decoded = _examine_all([Path(p) for p in todo], settings, cache_path, key, workers)
+            for path, result in zip(todo, decoded, strict=True):
+                results[path] = result
+                if result.sha256:
+                    fresh.append(result)
+                if len(fresh) >= 512:  # commit as we go: a killed run keeps its progress
+                    cache.store(fresh)
+                    fresh.clear()
+                progress.update()
+        cache.store(fresh)
+        cache.remember_hashes(
+            (path, signatures[path], results[path].sha256) for path in real if results[path].sha256
         )
-    if not manifest:
+    finally:
+        cache.close()
+    return decide(found, [results[path] for path in real], settings)
+
+
+def decide(found: Scan, decoded: list[Decoded], settings: Ingest) -> store.Interim:
+    """Turn per-file results into verdicts, arrays and the report (pure)."""
+    quarantine = [
+        store.QuarantineRow(path, "link resolves outside the raw data folder")
+        for path in found.links_out
+    ]
+    usable = defaultdict(list)  # sha256 -> [(path, label, result)], in path order
+    for (path, label), result in zip(found.candidates, decoded, strict=True):
+        if result.reason is None:
+            usable[result.sha256].append((path, label, result))
+        else:
+            quarantine.append(store.QuarantineRow(path, result.reason))
+    quarantine.sort(key=lambda row: row.path)
+
+    accepted, duplicates = [], []
+    for sha256, copies in usable.items():
+        labels = sorted({label for _, label, _ in copies})
+        if len(labels) > 1:
+            duplicates.extend(
+                store.DuplicateRow(
+                    path, label, sha256, "conflict", "same image in " + ", ".join(labels)
+                )
+                for path, label, _ in copies
+            )
+            continue
+        accepted.append(copies[0])
+        duplicates.extend(
+            store.DuplicateRow(path, label, sha256, "duplicate", f"same image as {copies[0][0]}")
+            for path, label, _ in copies[1:]
+        )
+    accepted.sort(key=lambda copy: copy[0])
+    duplicates.sort(key=lambda row: row.path)
+
+    height, width = settings.image_size
+    channels = 1 if settings.color_mode == "grayscale" else 3
+    images = np.empty((len(accepted), height, width, channels), np.uint8)  # (N, H, W, C)
+    for row, (_, _, result) in zip(images, accepted, strict=True):
+        row[...] = np.frombuffer(result.pixels, np.uint8).reshape(row.shape)
+    manifest = [
+        store.ManifestRow(path, label, r.sha256, r.width, r.height, r.format, r.mode)
+        for path, label, r in accepted
+    ]
+    verdicts = {
+        "accepted": [row.path for row in manifest],
+        "quarantined": [row.path for row in quarantine],
+        "duplicate": [row.path for row in duplicates if row.verdict == "duplicate"],
+        "conflict": [row.path for row in duplicates if row.verdict == "conflict"],
+        "ignored": found.ignored,
+    }
+    return store.Interim(images, manifest, quarantine, duplicates, _report(verdicts, found))
+
+
+def _report(verdicts: dict[str, list[str]], found: Scan) -> dict:
+    """Counts per verdict, and per verdict for each class folder."""
+    per_class = {name: dict.fromkeys(VERDICTS, 0) for name in found.classes}
+    for verdict, paths in verdicts.items():
+        for path in paths:
+            name = path.split("/")[0]
+            if name in per_class:
+                per_class[name][verdict] += 1
+    return {
+        "files": {verdict: len(verdicts[verdict]) for verdict in VERDICTS},
+        "classes": per_class,
+    }
+
+
+def summary(interim: store.Interim, out: Path, max_rows: int = 12) -> str:
+    """A one-screen account of the run: verdicts per class and the first problems."""
+    files = interim.report["files"]
+    lines = [
+        f"ingest: {len(interim.manifest)} images in "
+        f"{len({row.label for row in interim.manifest})} classes -> {out}",
+        "  " + ", ".join(f"{count} {verdict}" for verdict, count in files.items()),
+        f"  {'class':<20}" + "".join(f"{verdict:>12}" for verdict in VERDICTS),
+    ]
+    classes = interim.report["classes"]
+    for name, counts in list(classes.items())[:max_rows]:
+        lines.append(f"  {name[:20]:<20}" + "".join(f"{counts[v]:>12}" for v in VERDICTS))
+    if len(classes) > max_rows:
+        lines.append(f"  ... {len(classes) - max_rows} more classes in {out / 'report.json'}")
+    for name, counts in classes.items():
+        if counts["accepted"] == 0:
+            lines.append(f"warning: class folder '{name}' has no usable image; it is not a class")
+    problems = [(r.path, r.reason) for r in interim.quarantine] + [
+        (r.path, r.detail) for r in interim.duplicates
+    ]
+    for path, reason in problems[:5]:
+        lines.append(f"  {path}: {reason}")
+    if len(problems) > 5:
+        lines.append(f"  ... see {out / 'quarantine.csv'} and {out / 'duplicates.csv'}")
+    return "\n".join(lines)
+
+
+def run(
+    raw: Path, out: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
+) -> store.Interim:
+    interim = ingest(raw, settings, workers, cache_path)
+    if not interim.manifest:
+        counts = ", ".join(f"{n} {v}" for v, n in interim.report["files"].items() if n)
         raise PipelineError(
-            f"no readable images under {raw} ({len(quarantine)} quarantined); "
+            f"no usable images under {raw} ({counts or 'no files'}); "
             f"expected {raw}/<class>/<image files>"
         )
-    report = {
-        "accepted": len(manifest),
-        "quarantined": len(quarantine),
-        "skipped": skipped,
-        "classes": dict(sorted(Counter(row.label for row in manifest).items())),
-    }
-    return store.Interim(np.stack(pixels), manifest, quarantine, report)
-
-
-def run(raw: Path, out: Path, settings: Ingest) -> store.Interim:
-    interim = ingest(raw, settings)
     store.write_interim(out, interim)
     return interim
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MODEL_NAMES = ("sequential", "functional", "shared_input", "multi_input")
+RESIZE_MODES = ("stretch", "pad", "crop")
+RESAMPLE_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 
 
 class ParamsError(ValueError):
@@ -38,6 +40,13 @@ class Ingest(_Section):
         strict=False, description="[height, width], two integers from 16 to 1024"
     )
     color_mode: Literal["grayscale", "rgb"] = Field(description="grayscale or rgb")
+    resize: Literal[RESIZE_MODES] = Field(
+        description="stretch (ignore aspect ratio), pad (black bars) or crop (centre)"
+    )
+    resample: Literal[RESAMPLE_FILTERS] = Field(description="one of " + ", ".join(RESAMPLE_FILTERS))
+    max_pixels: int = Field(
+        ge=1, le=2**40, description="an integer from 1 to 2**40 (Pillow's default is 89478485)"
+    )
 
 
 class Prepare(_Section):

@@ -40,6 +40,17 @@ class QuarantineRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class DuplicateRow:
+    """A readable image left out because its bytes appear elsewhere."""
+
+    path: str
+    label: str
+    sha256: str
+    verdict: str  # "duplicate" (same class as the kept copy) or "conflict" (other classes)
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
 class SplitRow:
     path: str
     sha256: str
@@ -54,6 +65,7 @@ class Interim:
     images: np.ndarray  # (N, H, W, C) uint8
     manifest: list[ManifestRow]
     quarantine: list[QuarantineRow]
+    duplicates: list[DuplicateRow]
     report: dict
 
 
@@ -73,7 +85,7 @@ class Processed:
 
 
 # File names; dvc.yaml lists the same paths (tests/test_dvc_yaml.py checks).
-INTERIM_FILES = ("images.npy", "manifest.csv", "quarantine.csv", "report.json")
+INTERIM_FILES = ("images.npy", "manifest.csv", "quarantine.csv", "duplicates.csv", "report.json")
 PROCESSED_FILES = (
     *(f"{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels")),
     "labels.json",
@@ -86,6 +98,7 @@ def write_interim(folder: Path, interim: Interim) -> None:
     save_array(folder / "images.npy", interim.images)
     _write_rows(folder / "manifest.csv", ManifestRow, interim.manifest)
     _write_rows(folder / "quarantine.csv", QuarantineRow, interim.quarantine)
+    _write_rows(folder / "duplicates.csv", DuplicateRow, interim.duplicates)
     write_json(folder / "report.json", interim.report)
 
 
@@ -94,6 +107,7 @@ def read_interim(folder: Path) -> Interim:
         images=load_array(folder / "images.npy"),
         manifest=_read_rows(folder / "manifest.csv", ManifestRow),
         quarantine=_read_rows(folder / "quarantine.csv", QuarantineRow),
+        duplicates=_read_rows(folder / "duplicates.csv", DuplicateRow),
         report=read_json(folder / "report.json"),
     )
 

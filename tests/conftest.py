@@ -19,10 +19,12 @@ CLASS_LEVELS = {"bright": 220, "dark": 30, "mid": 128}
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _tools_on_path():
+def _environment(tmp_path_factory):
     # dvc runs each stage's `imgpipe` through the shell; it must find this venv's copy.
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Never write ingest's decode cache into the working copy.
+    os.environ["IMGPIPE_DECODE_CACHE"] = str(tmp_path_factory.mktemp("cache") / "decoded.sqlite")
 
 
 def image_bytes(level: int, seed: str, size=(40, 30), fmt="PNG", mode="RGB") -> bytes:

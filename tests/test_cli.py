@@ -33,7 +33,7 @@ def project(tmp_path_factory):
         "results": root / "results",
     }
     commands = {
-        "ingest": ["--raw", paths["raw"], "--out", paths["interim"]],
+        "ingest": ["--raw", paths["raw"], "--out", paths["interim"], "--cache", root / "cache"],
         "prepare": ["--interim", paths["interim"], "--out", paths["processed"]],
         "train": ["--processed", paths["processed"], "--model-out", paths["model"],
                   "--live-dir", paths["live"]],
@@ -91,7 +91,8 @@ def test_the_stages_by_hand_write_every_output(project):
     paths, _, outputs = project
     assert sorted(p.name for p in paths["interim"].iterdir()) == sorted(store.INTERIM_FILES)
     assert sorted(p.name for p in paths["processed"].iterdir()) == sorted(store.PROCESSED_FILES)
-    assert "48 images in 3 classes, 0 quarantined" in outputs["ingest"]
+    assert "48 images in 3 classes" in outputs["ingest"]
+    assert "48 accepted, 0 quarantined, 0 duplicate, 0 conflict, 0 ignored" in outputs["ingest"]
     assert paths["model"].is_file()
 
     live = json.loads((paths["live"] / "metrics.json").read_text())
@@ -131,12 +132,11 @@ def test_bad_params_stop_every_stage_with_exit_2_one_line_and_no_output_touched(
 def test_a_data_problem_exits_1_with_a_message_not_a_traceback(tmp_path):
     (tmp_path / "raw" / "cats").mkdir(parents=True)
     params = write_params(tmp_path / "params.yaml")
-    result = invoke(
-        "--params", params, "ingest", "--raw", tmp_path / "raw", "--out", tmp_path / "o"
-    )
+    out = tmp_path / "o"
+    result = invoke("--params", params, "ingest", "--raw", tmp_path / "raw", "--out", out)
     assert result.exit_code == 1
-    assert result.output.startswith("Error: no readable images")
-    assert not (tmp_path / "o").exists()
+    assert result.output.startswith("Error: no usable images")
+    assert not out.exists()
 
 
 def test_a_missing_input_folder_names_the_option(tmp_path):

@@ -37,16 +37,21 @@ def test_each_stage_reads_only_the_raw_data_or_what_earlier_stages_write():
         available |= _written(name)
 
 
-def test_commands_pass_the_cli_defaults():
+def test_commands_pass_the_cli_defaults_for_every_path_they_declare():
     for name, stage in STAGES.items():
-        command = cli.cli.commands[name]
         defaults = {
             option.opts[0]: str(option.default)
-            for option in command.params
+            for option in cli.cli.commands[name].params
             if option.opts[0].startswith("--")
         }
         words = stage["cmd"].split()[2:]
-        assert dict(zip(words[::2], words[1::2], strict=True)) == defaults, name
+        passed = dict(zip(words[::2], words[1::2], strict=True))
+        assert {flag: defaults[flag] for flag in passed} == passed, name
+        declared = set(_paths(stage["deps"])) | _written(name)
+        needed = {
+            f for f, default in defaults.items() if any(d.startswith(default) for d in declared)
+        }
+        assert needed <= set(passed), name
 
 
 def test_listed_params_exist_and_cover_each_stages_section():

@@ -1,7 +1,11 @@
-"""Ingest on tiny real images: decoding, orientation, quarantine, manifest."""
+"""Ingest on real images of every kind: verdicts, decoding, determinism, the cache."""
 
 import hashlib
 import io
+import os
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -10,104 +14,323 @@ from PIL import Image
 from pipeline import ingest, store
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
-from tests.conftest import image_bytes, make_dataset
+from tests.conftest import default_params, image_bytes, make_dataset
 
-GRAY_32 = Ingest(image_size=(32, 32), color_mode="grayscale")
-RGB_24x40 = Ingest(image_size=(24, 40), color_mode="rgb")
+
+def settings(**overrides) -> Ingest:
+    return Ingest.model_validate({**default_params()["ingest"], "image_size": [32, 32]} | overrides)
+
+
+GRAY = settings()
+RGB = settings(color_mode="rgb", image_size=[24, 40])
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, ingest_settings: Ingest = GRAY) -> np.ndarray:
+    return ingest.decode_image(data, ingest_settings)[0]
+
+
+# --- decoding -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "fmt, mode", [("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("PNG", "P"), ("JPEG", "CMYK")]
-)
-@pytest.mark.parametrize("settings, shape", [(GRAY_32, (32, 32, 1)), (RGB_24x40, (24, 40, 3))])
-def test_decode_image_gives_uint8_at_the_configured_size_and_mode(fmt, mode, settings, shape):
-    pixels, source = ingest.decode_image(image_bytes(128, "x", fmt=fmt, mode=mode), settings)
-    assert pixels.shape == shape
-    assert pixels.dtype == np.uint8
-    assert (source.width, source.height, source.format, source.mode) == (40, 30, fmt, mode)
-    assert 80 < pixels.mean() < 180  # the noisy mid-grey survived conversion
+    "fmt, mode", [("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "LA"),
+                  ("PNG", "1"), ("JPEG", "CMYK"), ("WEBP", "RGB"), ("GIF", "P"), ("BMP", "RGB"),
+                  ("TIFF", "RGB")],
+)  # fmt: skip
+@pytest.mark.parametrize("ingest_settings, shape", [(GRAY, (32, 32, 1)), (RGB, (24, 40, 3))])
+def test_every_mode_pillow_reads_becomes_uint8_at_the_configured_size(
+    fmt, mode, ingest_settings, shape
+):
+    data = image_bytes(128, "x", fmt=fmt, mode=mode)
+    pixels, facts = ingest.decode_image(data, ingest_settings)
+    assert pixels.shape == shape and pixels.dtype == np.uint8
+    assert facts[:3] == (40, 30, fmt)
+    assert 60 < pixels.mean() < 200  # the noisy mid-grey survived conversion
 
 
-def test_decode_image_applies_exif_orientation():
-    # Stored 40 wide, 20 tall: dark left half, bright right half.
-    stored = np.zeros((20, 40, 3), np.uint8)
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)
+    data = encode(Image.fromarray(ramp), "PNG")
+    pixels = decode(data, settings(image_size=[64, 64], resample="nearest"))
+    # Clipping would make everything above 255/65535 white; scaling keeps the ramp.
+    assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255
+    assert 120 < np.median(pixels) < 135
+
+
+def test_transparent_pixels_become_white():
+    clear = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    assert decode(encode(clear, "PNG")).min() == 255
+    palette = Image.new("P", (40, 30), 0)
+    assert decode(encode(palette, "PNG", transparency=0)).min() == 255
+
+
+def test_exif_orientation_is_applied():
+    stored = np.zeros((20, 40, 3), np.uint8)  # dark left half, bright right half
     stored[:, 20:] = 255
     exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: the viewer rotates it 90 degrees clockwise
-    buffer = io.BytesIO()
-    Image.fromarray(stored).save(buffer, format="JPEG", exif=exif)
-
-    pixels, _ = ingest.decode_image(buffer.getvalue(), GRAY_32)
-    # Rotated clockwise, the dark left half is on top.
-    assert pixels[:16].mean() < 50 and pixels[16:].mean() > 200
+    exif[0x0112] = 6  # the viewer rotates it 90 degrees clockwise
+    pixels = decode(encode(Image.fromarray(stored), "JPEG", exif=exif))
+    assert pixels[:16].mean() < 50 and pixels[16:].mean() > 200  # dark half on top
 
 
-def _write(path, data: bytes):
+def test_resize_modes_fit_another_aspect_ratio_as_named():
+    wide = np.full((20, 80), 255, np.uint8)
+    wide[:, :20] = 0  # a dark left quarter
+    data = encode(Image.fromarray(wide), "PNG")
+    stretched, padded, cropped = (
+        decode(data, settings(resize=mode)) for mode in ("stretch", "pad", "crop")
+    )
+    assert stretched[:, :6].max() < 30 and stretched[:, 10:].min() > 220
+    assert padded[:8].max() == 0 and padded[-8:].max() == 0  # black bars above and below
+    assert cropped.min() > 220  # the centre square has no dark quarter
+
+
+def test_the_resampling_filter_is_a_setting():
+    data = image_bytes(128, "noise", size=(97, 61))
+    assert not np.array_equal(
+        decode(data, settings(resample="nearest")), decode(data, settings(resample="lanczos"))
+    )
+
+
+def test_large_jpegs_use_draft_decoding_without_visible_loss():
+    gradient = np.add.outer(np.arange(1200), np.arange(1600)) % 256
+    data = encode(Image.fromarray(gradient.astype(np.uint8)).convert("RGB"), "JPEG", quality=95)
+    drafted = decode(data, settings(image_size=[64, 64])).astype(int)
+    with Image.open(io.BytesIO(data)) as full:  # the same pipeline without DCT scaling
+        reference = np.asarray(full.convert("L").resize((64, 64), Image.Resampling.BILINEAR))
+    assert np.abs(drafted[..., 0] - reference).mean() < 4
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height; its pixel data is not valid."""
+    data = bytearray(image_bytes(1, "bomb"))
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
+def test_decompression_bombs_are_refused_before_any_pixel_is_decoded():
+    # The pixel data is broken: a decode attempt would fail with another reason.
+    result = ingest.examine_bytes(_png_claiming(4000, 3000), settings(max_pixels=10_000_000))
+    assert "decompression bomb: 4000x3000" in result.reason
+    assert "exceeds limit" in ingest.examine_bytes(_png_claiming(60000, 60000), GRAY).reason
+
+
+def test_pillow_warnings_never_escape_as_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        palette = Image.new("P", (40, 30), 3)
+        palette.putpalette(list(range(256)) * 3)
+        data = encode(palette, "PNG", transparency=bytes([0, 0, 0, 128]))
+        assert decode(data).shape == (32, 32, 1)
+
+
+# --- a folder with one file of every kind --------------------------------------------
+
+
+def write(path, data: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
 
 
-def test_ingest_quarantines_bad_files_skips_hidden_ones_and_keeps_the_rest(tmp_path):
-    raw = make_dataset(tmp_path / "raw", per_class=2, classes={"cats": 50, "dogs": 200})
-    good_jpeg = image_bytes(50, "nested", fmt="JPEG")
-    _write(raw / "cats" / "more" / "deeper.jpg", good_jpeg)  # a sub-folder is still the class
-    _write(raw / "cats" / "empty.png", b"")
-    _write(raw / "dogs" / "notes.png", b"this is text, whatever the name says")
-    _write(raw / "dogs" / "truncated.jpg", good_jpeg[: len(good_jpeg) // 2])
-    _write(raw / "dogs" / ".DS_Store", b"\0\0\0\1Bud1")
-    _write(raw / ".ipynb_checkpoints" / "x.png", image_bytes(1, "hidden"))
-    _write(raw / "README.txt", b"not a class")
+@pytest.fixture
+def messy(tmp_path):
+    """A raw folder holding one file of each kind, and the verdict each must get."""
+    raw = tmp_path / "raw"
+    jpeg = image_bytes(60, "cat", fmt="JPEG")
+    outside = tmp_path / "elsewhere"
+    write(outside / "secret.png", image_bytes(1, "secret"))
+    same = image_bytes(5, "who")
+    expected = {
+        "accepted": {
+            "cats/rgb.jpg": jpeg,
+            "cats/palette.png": encode(Image.new("P", (9, 9), 1), "PNG", transparency=1),
+            "cats/cmyk.jpeg": image_bytes(90, "cmyk", fmt="JPEG", mode="CMYK"),
+            "cats/Kitten Photos/deep/nested.png": image_bytes(70, "nested"),
+            "cats/upper.PNG": image_bytes(80, "upper"),
+            "dogs/a.webp": image_bytes(200, "dog-a", fmt="WEBP"),
+            "dogs/b.gif": image_bytes(180, "dog-b", fmt="GIF", mode="P"),
+        },
+        "quarantined": {
+            "cats/empty.png": b"",
+            "cats/truncated.jpg": jpeg[: len(jpeg) // 2],
+            "dogs/text.jpg": b"this is a text file whatever its name says",
+            "dogs/bomb.png": _png_claiming(40000, 40000),
+            "birds/corrupt.png": b"\x89PNG\r\n\x1a\n" + bytes(range(64)),
+        },
+        "duplicate": {"cats/rgb_copy.jpg": jpeg},  # the first path in sorted order is kept,
+        "conflict": {"dogs/maybe.png": same, "cats/maybe.png": same},
+        "ignored": {
+            "cats/.DS_Store": b"\0\0\0\1Bud1",
+            "dogs/.ipynb_checkpoints/a-checkpoint.png": image_bytes(1, "ck"),
+            "dogs/notes.txt": b"labels checked by hand",
+            "dogs/Thumbs.db": b"\0" * 16,
+            "LICENSE": b"CC-BY",
+        },
+    }
+    for files in expected.values():
+        for relative, data in files.items():
+            write(raw / relative, data)
+    os.symlink(outside / "secret.png", raw / "dogs" / "link-out.png")
+    os.symlink(outside, raw / "cats" / "folder-out")
+    os.symlink(raw / "dogs" / "a.webp", raw / "dogs" / "link-in.webp")
+    expected["quarantined"] |= {"dogs/link-out.png": None, "cats/folder-out": None}
+    expected["duplicate"]["dogs/link-in.webp"] = None
+    return raw, {verdict: set(files) for verdict, files in expected.items()}
 
-    interim = ingest.ingest(raw, GRAY_32)
 
-    assert [row.path for row in interim.manifest] == [
-        "cats/000.png",
-        "cats/001.png",
-        "cats/more/deeper.jpg",
-        "dogs/000.png",
-        "dogs/001.png",
-    ]
-    assert [row.label for row in interim.manifest] == ["cats"] * 3 + ["dogs"] * 2
-    assert interim.images.shape == (5, 32, 32, 1)
-    nested = interim.manifest[2]
-    assert nested.sha256 == hashlib.sha256(good_jpeg).hexdigest()
-    assert (nested.width, nested.height, nested.format, nested.mode) == (40, 30, "JPEG", "RGB")
-
-    reasons = {row.path: row.reason for row in interim.quarantine}
-    assert set(reasons) == {"cats/empty.png", "dogs/notes.png", "dogs/truncated.jpg"}
-    assert "cannot identify image file" in reasons["dogs/notes.png"]
-    assert "truncated" in reasons["dogs/truncated.jpg"].lower()
-    assert interim.report == {
-        "accepted": 5,
-        "quarantined": 3,
-        "skipped": 3,  # .DS_Store, the hidden folder's file, README.txt
-        "classes": {"cats": 3, "dogs": 2},
+def verdicts_of(interim: store.Interim, found: ingest.Scan) -> dict[str, set[str]]:
+    return {
+        "accepted": {row.path for row in interim.manifest},
+        "quarantined": {row.path for row in interim.quarantine},
+        "duplicate": {row.path for row in interim.duplicates if row.verdict == "duplicate"},
+        "conflict": {row.path for row in interim.duplicates if row.verdict == "conflict"},
+        "ignored": set(found.ignored),
     }
 
 
-def test_ingest_row_i_of_the_array_is_manifest_row_i(tmp_path):
-    raw = make_dataset(tmp_path / "raw", per_class=3, classes={"dark": 20, "light": 240})
-    interim = ingest.ingest(raw, GRAY_32)
-    for row, pixels in zip(interim.manifest, interim.images, strict=True):
-        expected, _ = ingest.decode_image((raw / row.path).read_bytes(), GRAY_32)
-        np.testing.assert_array_equal(pixels, expected)
+def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
+    raw, expected = messy
+    interim = ingest.ingest(raw, GRAY)
+    assert verdicts_of(interim, ingest.scan(raw)) == expected
+
+    reasons = {row.path: row.reason for row in interim.quarantine}
+    assert reasons["cats/empty.png"] == "empty file (0 bytes)"
+    assert "truncated" in reasons["cats/truncated.jpg"].lower()
+    assert "cannot identify image file" in reasons["dogs/text.jpg"]
+    assert "exceeds limit" in reasons["dogs/bomb.png"]
+    assert reasons["dogs/link-out.png"] == "link resolves outside the raw data folder"
+    assert reasons["cats/folder-out"] == "link resolves outside the raw data folder"
+    details = {row.path: row.detail for row in interim.duplicates}
+    assert details["cats/rgb_copy.jpg"] == "same image as cats/rgb.jpg"
+    assert details["dogs/link-in.webp"] == "same image as dogs/a.webp"
+    assert details["dogs/maybe.png"] == "same image in cats, dogs"
+
+    manifest = {row.path: row for row in interim.manifest}
+    assert manifest["cats/Kitten Photos/deep/nested.png"].label == "cats"
+    cmyk = manifest["cats/cmyk.jpeg"]
+    assert (cmyk.width, cmyk.height, cmyk.format, cmyk.mode) == (40, 30, "JPEG", "CMYK")
+    assert cmyk.sha256 == hashlib.sha256((raw / "cats/cmyk.jpeg").read_bytes()).hexdigest()
+    assert interim.images.shape == (len(manifest), 32, 32, 1)
+    for index, row in enumerate(interim.manifest):  # row i of the array is manifest row i
+        np.testing.assert_array_equal(interim.images[index], decode((raw / row.path).read_bytes()))
 
 
-def test_ingest_outputs_round_trip_through_the_store(tmp_path):
-    raw = make_dataset(tmp_path / "raw", per_class=2)
-    written = ingest.run(raw, tmp_path / "interim", GRAY_32)
-    read = store.read_interim(tmp_path / "interim")
-    np.testing.assert_array_equal(read.images, written.images)
-    assert read.manifest == written.manifest
-    assert read.report == written.report
-    # Plain arrays: loadable without pickle, and memory-mapped.
-    assert isinstance(read.images, np.memmap)
-    assert sorted(p.name for p in (tmp_path / "interim").iterdir()) == sorted(store.INTERIM_FILES)
+def test_the_report_counts_verdicts_per_class_and_warns_about_an_empty_class(messy, tmp_path):
+    raw, expected = messy
+    interim = ingest.run(raw, tmp_path / "out", GRAY)
+    assert interim.report["files"] == {verdict: len(paths) for verdict, paths in expected.items()}
+    assert interim.report["classes"]["birds"] == {
+        "accepted": 0, "quarantined": 1, "duplicate": 0, "conflict": 0, "ignored": 0
+    }  # fmt: skip
+    assert interim.report["classes"]["cats"]["accepted"] == 5
+    assert store.read_interim(tmp_path / "out").report == interim.report
+    text = ingest.summary(interim, tmp_path / "out")
+    assert "warning: class folder 'birds' has no usable image; it is not a class" in text
+    assert "2 classes" in text and len(text.splitlines()) < 25
 
 
-def test_a_folder_with_no_readable_image_is_an_error_that_says_what_is_expected(tmp_path):
-    _write(tmp_path / "raw" / "cats" / "broken.jpg", b"nope")
-    with pytest.raises(PipelineError, match=r"no readable images .* \(1 quarantined\)"):
-        ingest.ingest(tmp_path / "raw", GRAY_32)
+def test_a_folder_with_no_usable_image_is_an_error_that_says_what_is_expected(tmp_path):
+    write(tmp_path / "raw" / "cats" / "broken.jpg", b"nope")
+    with pytest.raises(PipelineError, match=r"no usable images .* \(1 quarantined\)"):
+        ingest.run(tmp_path / "raw", tmp_path / "out", GRAY)
     with pytest.raises(PipelineError, match="is not a folder"):
-        ingest.ingest(tmp_path / "missing", GRAY_32)
+        ingest.run(tmp_path / "missing", tmp_path / "out", GRAY)
+    assert not (tmp_path / "out").exists()
+
+
+# --- determinism and the incremental cache --------------------------------------------
+
+
+def written(folder) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_output_is_byte_identical_for_any_worker_count_and_listing_order(
+    messy, tmp_path, monkeypatch
+):
+    raw, _ = messy
+    ingest.run(raw, tmp_path / "serial", GRAY, workers=1)
+    ingest.run(raw, tmp_path / "parallel", GRAY, workers=2)
+    real_scandir = os.scandir
+
+    class Reversed:  # a file system that lists entries in the opposite order
+        def __init__(self, path):
+            with real_scandir(path) as listing:
+                self.entries = list(listing)[::-1]
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(ingest.os, "scandir", Reversed)
+    ingest.run(raw, tmp_path / "reversed", GRAY, workers=2)
+    serial = written(tmp_path / "serial")
+    assert serial == written(tmp_path / "parallel") == written(tmp_path / "reversed")
+    assert sorted(serial) == sorted(store.INTERIM_FILES)
+
+
+@pytest.fixture
+def counted_decodes(monkeypatch):
+    """Record each decode_image call in this process (the cache tests use one worker)."""
+    calls = []
+    real = ingest.decode_image
+
+    def counting(data, ingest_settings):
+        calls.append(hashlib.sha256(data).hexdigest())
+        return real(data, ingest_settings)
+
+    monkeypatch.setattr(ingest, "decode_image", counting)
+    return calls
+
+
+def test_a_rerun_decodes_nothing_and_a_grown_folder_only_new_files(tmp_path, counted_decodes):
+    raw = make_dataset(tmp_path / "raw", per_class=10)
+    cache = tmp_path / "cache.sqlite"
+    ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
+    assert len(counted_decodes) == 30
+
+    counted_decodes.clear()
+    ingest.run(raw, tmp_path / "again", GRAY, cache_path=cache)
+    assert counted_decodes == []
+    assert written(tmp_path / "again") == written(tmp_path / "first")
+
+    write(raw / "dark" / "new.png", image_bytes(30, "new"))
+    os.utime(raw / "mid" / "000.png", ns=(1, 1))  # touched, same content: no decode
+    ingest.run(raw, tmp_path / "grown", GRAY, cache_path=cache)
+    assert len(counted_decodes) == 1
+    ingest.run(raw, tmp_path / "scratch", GRAY, cache_path=None)
+    assert written(tmp_path / "grown") == written(tmp_path / "scratch")
+
+
+def test_the_cache_is_keyed_by_settings_and_safe_to_delete(tmp_path, counted_decodes):
+    raw = make_dataset(tmp_path / "raw", per_class=4)
+    cache = tmp_path / "cache.sqlite"
+    ingest.run(raw, tmp_path / "gray", GRAY, cache_path=cache)
+    colour = ingest.run(raw, tmp_path / "rgb", RGB, cache_path=cache)
+    assert colour.images.shape[1:] == (24, 40, 3)
+    assert len(counted_decodes) == 24  # other settings: nothing reused
+    cache.unlink()
+    ingest.run(raw, tmp_path / "rebuilt", GRAY, cache_path=cache)
+    assert written(tmp_path / "rebuilt") == written(tmp_path / "gray")
+
+
+def test_a_changed_file_is_decoded_again(tmp_path, counted_decodes):
+    raw = make_dataset(tmp_path / "raw", per_class=4)
+    cache = tmp_path / "cache.sqlite"
+    ingest.run(raw, tmp_path / "before", GRAY, cache_path=cache)
+    write(raw / "dark" / "000.png", image_bytes(240, "now bright"))
+    counted_decodes.clear()
+    after = ingest.run(raw, tmp_path / "after", GRAY, cache_path=cache)
+    assert len(counted_decodes) == 1
+    changed = [row.path for row in after.manifest].index("dark/000.png")
+    assert after.images[changed].mean() > 200

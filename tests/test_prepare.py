@@ -30,7 +30,7 @@ def _interim(count: int, classes=("b", "a", "c")) -> store.Interim:
         for i in range(count)
     ]
     images = np.arange(count, dtype=np.uint8).reshape(-1, 1, 1, 1) * np.ones((1, 4, 4, 1), np.uint8)
-    return store.Interim(images, rows, [], {})
+    return store.Interim(images, rows, [], [], {})
 
 
 def test_split_fractions_match_the_settings():
