@@ -46,6 +46,7 @@ class DecodeCache:
     """Decode results for one set of ingest settings; `path=None` caches nothing."""
 
     def __init__(self, path: Path | None, settings_key: str, read_only: bool = False):
+        self.path = path
         self.settings_key = settings_key
         self.connection = None
         if path is None:
@@ -81,12 +82,15 @@ class DecodeCache:
     def lookup(self, hashes: Iterable[str]) -> dict[str, Decoded]:
         if self.connection is None:
             return {}
-        found = {}
-        query = "SELECT * FROM decoded WHERE settings = ? AND sha256 = ?"
-        for sha256 in set(hashes):
-            row = self.connection.execute(query, (self.settings_key, sha256)).fetchone()
-            if row is not None:
-                found[sha256] = Decoded(*row[1:])
+        found, wanted = {}, sorted(set(hashes))
+        for start in range(0, len(wanted), 500):  # one query per batch, not per file
+            batch = wanted[start : start + 500]
+            query = (
+                "SELECT * FROM decoded WHERE settings = ? AND sha256 IN "
+                f"({', '.join('?' * len(batch))})"
+            )
+            for row in self.connection.execute(query, (self.settings_key, *batch)):
+                found[row[1]] = Decoded(*row[1:])
         return found
 
     def store(self, results: Iterable[Decoded]) -> None:

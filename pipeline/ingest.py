@@ -15,7 +15,6 @@ turns an image file into model input.
 
 import hashlib
 import io
-import multiprocessing
 import os
 import re
 import warnings
@@ -23,11 +22,11 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import PIL
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
 from pipeline import store
 from pipeline.cache import DecodeCache, Decoded, signature
@@ -62,6 +61,8 @@ TRANSPOSES = {
     8: Image.Transpose.ROTATE_90,
 }
 SIDEWAYS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
+
+LINK_OUT = "link resolves outside the raw data folder"
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 WHITE = (255, 255, 255, 255)  # what transparent pixels become
@@ -132,13 +133,21 @@ def _fit(image: Image.Image, size: tuple[int, int], settings: Ingest) -> Image.I
     return image.resize(size, resample)
 
 
+class Candidate(NamedTuple):
+    """A file that may be an image of a class."""
+
+    path: str  # relative to the raw folder, with '/' separators
+    label: str
+    signature: tuple[int, int, int]  # see cache.signature
+
+
 @dataclass(frozen=True)
 class Scan:
     """What a walk of the raw folder found, before any file is decoded."""
 
-    candidates: list[tuple[str, str]]  # (path relative to raw, class)
+    candidates: list[Candidate]
     ignored: list[str]
-    links_out: list[str]  # links that resolve outside the raw folder
+    refused: list[store.QuarantineRow]  # links out of the raw folder, files that vanished
     classes: list[str]  # every class folder, even one with no usable image
 
 
@@ -147,40 +156,46 @@ def scan(raw: Path) -> Scan:
     if not raw.is_dir():
         raise PipelineError(f"{raw} is not a folder; expected {raw}/<class>/<image files>")
     root = raw.resolve()
-    candidates, ignored, links_out, classes = [], [], [], []
+    candidates, ignored, refused, classes = [], [], [], []
 
-    def walk(folder: Path, label: str | None) -> None:
+    # Plain strings, not Path objects: this runs once per file on every re-run.
+    def walk(folder: str, prefix: str, label: str | None) -> None:
         with os.scandir(folder) as listing:
             entries = sorted(listing, key=lambda entry: entry.name)
         for entry in entries:
-            path = Path(entry.path)
-            relative = path.relative_to(raw).as_posix()
-            if entry.is_symlink() and not path.resolve().is_relative_to(root):
-                links_out.append(relative)
+            relative = prefix + entry.name
+            if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root):
+                refused.append(store.QuarantineRow(relative, LINK_OUT))
             elif entry.name.startswith("."):
-                ignored.extend(_files_under(path, raw) if entry.is_dir() else [relative])
+                ignored.extend(_files_under(entry.path, relative) if entry.is_dir() else [relative])
             elif entry.is_dir(follow_symlinks=False):
                 if label is None:
                     classes.append(entry.name)
-                walk(path, label or entry.name)
-            elif entry.is_symlink() and path.is_dir():
+                walk(entry.path, relative + "/", label or entry.name)
+            elif entry.is_dir():
                 ignored.append(relative)  # a folder link inside raw: its files are reached directly
-            elif label is None or path.suffix.lower() in NOT_IMAGES:
+            elif label is None or os.path.splitext(entry.name)[1].lower() in NOT_IMAGES:
                 ignored.append(relative)
             else:
-                candidates.append((relative, label))
+                try:
+                    stat = entry.stat()  # follows a link inside raw to its target
+                except OSError as error:
+                    refused.append(store.QuarantineRow(relative, _unreadable(error)))
+                    continue
+                candidates.append(Candidate(relative, label, signature(stat)))
 
-    walk(raw, None)
-    return Scan(candidates, ignored, links_out, classes)
+    walk(str(raw), "", None)
+    return Scan(candidates, ignored, refused, classes)
 
 
-def _files_under(folder: Path, raw: Path) -> list[str]:
-    return sorted(p.relative_to(raw).as_posix() for p in folder.rglob("*") if p.is_file())
+def _files_under(folder: str, relative: str) -> list[str]:
+    files = (path for path in Path(folder).rglob("*") if path.is_file())
+    return sorted(f"{relative}/{path.relative_to(folder).as_posix()}" for path in files)
 
 
-def examine_bytes(data: bytes, settings: Ingest) -> Decoded:
-    """Hash and decode one file's bytes; any failure becomes its quarantine reason."""
-    sha256 = hashlib.sha256(data).hexdigest()
+def examine_bytes(data: bytes, settings: Ingest, sha256: str | None = None) -> Decoded:
+    """Decode one file's bytes (hashed unless `sha256` is given); a failure is the reason."""
+    sha256 = sha256 or hashlib.sha256(data).hexdigest()
     if not data:
         return Decoded(sha256, None, reason="empty file (0 bytes)")
     try:
@@ -203,9 +218,14 @@ def examine(path: Path, settings: Ingest, cache: DecodeCache) -> Decoded:
     try:
         data = path.read_bytes()
     except OSError as error:
-        return Decoded("", None, reason=f"cannot be read: {error.strerror or error}")
-    hit = cache.lookup([hashlib.sha256(data).hexdigest()])
-    return next(iter(hit.values())) if hit else examine_bytes(data, settings)
+        return Decoded("", None, reason=_unreadable(error))
+    sha256 = hashlib.sha256(data).hexdigest()
+    hit = cache.lookup([sha256]).get(sha256)
+    return hit if hit is not None else examine_bytes(data, settings, sha256)
+
+
+def _unreadable(error: OSError) -> str:
+    return f"cannot be read: {error.strerror or error}"
 
 
 # Per-process state of the decoding workers, set once by `_start_worker`.
@@ -222,19 +242,39 @@ def _examine_in_worker(path: Path) -> Decoded:
 
 
 def _examine_all(
-    paths: list[Path], settings: Ingest, cache_path: Path | None, key: str, workers: int
+    paths: list[Path], settings: Ingest, cache: DecodeCache, workers: int
 ) -> Iterator[Decoded]:
     """Results in the order of `paths`, decoded on `workers` processes."""
     if workers <= 1 or len(paths) < 2 * workers:
-        cache = DecodeCache(cache_path, key, read_only=True)
-        try:
-            yield from (examine(path, settings, cache) for path in paths)
-        finally:
-            cache.close()
+        yield from (examine(path, settings, cache) for path in paths)
         return
-    chunk = max(1, min(64, len(paths) // (workers * 8)))
-    with multiprocessing.Pool(workers, _start_worker, (settings, cache_path, key)) as pool:
+    import multiprocessing  # only runs that decode in parallel pay for importing it
+
+    chunk = max(1, min(256, len(paths) // (workers * 4)))  # few, large chunks: less IPC
+    state = (settings, cache.path, cache.settings_key)
+    with multiprocessing.Pool(workers, _start_worker, state) as pool:
         yield from pool.imap(_examine_in_worker, paths, chunksize=chunk)
+
+
+def _decode_new(
+    todo: list[str], settings: Ingest, cache: DecodeCache, workers: int
+) -> dict[str, Decoded]:
+    """Examine files the stat signatures did not vouch for, with a progress bar."""
+    from tqdm import tqdm  # only runs that decode pay for importing it
+
+    results, fresh = {}, []
+    decoded = _examine_all([Path(p) for p in todo], settings, cache, workers)
+    with tqdm(total=len(todo), desc="ingest", unit="img", disable=None) as progress:
+        for path, result in zip(todo, decoded, strict=True):
+            results[path] = result
+            if result.sha256:
+                fresh.append(result)
+            if len(fresh) >= 512:  # commit as we go: a killed run keeps its progress
+                cache.store(fresh)
+                fresh.clear()
+            progress.update()
+    cache.store(fresh)
+    return results
 
 
 def settings_key(settings: Ingest) -> str:
@@ -248,29 +288,22 @@ def ingest(
     """Give every file under `raw` its verdict; outputs do not depend on `workers` or the cache."""
     found = scan(raw)
     key = settings_key(settings)
-    # The cache knows files by their real path, however the raw folder is reached.
-    real = [str((raw / relative).resolve()) for relative, _ in found.candidates]
+    # The cache knows files by absolute path, however the raw folder is reached.
+    root = str(raw.resolve())
+    real = [f"{root}/{candidate.path}" for candidate in found.candidates]
     cache = DecodeCache(cache_path, key)
     try:
-        signatures = {path: signature(os.stat(path)) for path in real}
+        signatures = {path: c.signature for path, c in zip(real, found.candidates, strict=True)}
         known = cache.known_hashes(signatures)
         hits = cache.lookup(known.values())
         results = {path: hits[known[path]] for path in real if known.get(path) in hits}
         todo = [path for path in real if path not in results]
-        fresh = []
-        with tqdm(total=len(todo), desc="ingest", unit="img", disable=None) as progress:
-            decoded = _examine_all([Path(p) for p in todo], settings, cache_path, key, workers)
-            for path, result in zip(todo, decoded, strict=True):
-                results[path] = result
-                if result.sha256:
-                    fresh.append(result)
-                if len(fresh) >= 512:  # commit as we go: a killed run keeps its progress
-                    cache.store(fresh)
-                    fresh.clear()
-                progress.update()
-        cache.store(fresh)
+        if todo:
+            results |= _decode_new(todo, settings, cache, workers)
         cache.remember_hashes(
-            (path, signatures[path], results[path].sha256) for path in real if results[path].sha256
+            (path, signatures[path], results[path].sha256)
+            for path in real
+            if path not in known and results[path].sha256
         )
     finally:
         cache.close()
@@ -279,16 +312,13 @@ def ingest(
 
 def decide(found: Scan, decoded: list[Decoded], settings: Ingest) -> store.Interim:
     """Turn per-file results into verdicts, arrays and the report (pure)."""
-    quarantine = [
-        store.QuarantineRow(path, "link resolves outside the raw data folder")
-        for path in found.links_out
-    ]
+    quarantine = list(found.refused)
     usable = defaultdict(list)  # sha256 -> [(path, label, result)], in path order
-    for (path, label), result in zip(found.candidates, decoded, strict=True):
+    for candidate, result in zip(found.candidates, decoded, strict=True):
         if result.reason is None:
-            usable[result.sha256].append((path, label, result))
+            usable[result.sha256].append((candidate.path, candidate.label, result))
         else:
-            quarantine.append(store.QuarantineRow(path, result.reason))
+            quarantine.append(store.QuarantineRow(candidate.path, result.reason))
     quarantine.sort(key=lambda row: row.path)
 
     accepted, duplicates = [], []
@@ -312,9 +342,8 @@ def decide(found: Scan, decoded: list[Decoded], settings: Ingest) -> store.Inter
 
     height, width = settings.image_size
     channels = 1 if settings.color_mode == "grayscale" else 3
-    images = np.empty((len(accepted), height, width, channels), np.uint8)  # (N, H, W, C)
-    for row, (_, _, result) in zip(images, accepted, strict=True):
-        row[...] = np.frombuffer(result.pixels, np.uint8).reshape(row.shape)
+    pixels = b"".join(result.pixels for _, _, result in accepted)
+    images = np.frombuffer(pixels, np.uint8).reshape(-1, height, width, channels)  # (N, H, W, C)
     manifest = [
         store.ManifestRow(path, label, r.sha256, r.width, r.height, r.format, r.mode)
         for path, label, r in accepted

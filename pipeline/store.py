@@ -9,6 +9,7 @@ place, so a killed stage never leaves a file that looks complete but is not.
 import csv
 import dataclasses
 import json
+import operator
 import os
 import tempfile
 from collections.abc import Iterator
@@ -173,10 +174,11 @@ def read_json(path: Path):
 
 def _write_rows(path: Path, row_type: type, rows: list) -> None:
     names = [field.name for field in dataclasses.fields(row_type)]
+    values = operator.attrgetter(*names)  # dataclasses.astuple deep-copies: 10x slower
     with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file, lineterminator="\n")
         writer.writerow(names)
-        writer.writerows(dataclasses.astuple(row) for row in rows)
+        writer.writerows(map(values, rows))
 
 
 def _read_rows(path: Path, row_type: type) -> list:

@@ -181,7 +181,10 @@ def messy(tmp_path):
     os.symlink(outside / "secret.png", raw / "dogs" / "link-out.png")
     os.symlink(outside, raw / "cats" / "folder-out")
     os.symlink(raw / "dogs" / "a.webp", raw / "dogs" / "link-in.webp")
-    expected["quarantined"] |= {"dogs/link-out.png": None, "cats/folder-out": None}
+    os.symlink(raw / "dogs" / "gone.png", raw / "dogs" / "dangling.png")
+    expected["quarantined"] |= dict.fromkeys(
+        ["dogs/link-out.png", "cats/folder-out", "dogs/dangling.png"]
+    )
     expected["duplicate"]["dogs/link-in.webp"] = None
     return raw, {verdict: set(files) for verdict, files in expected.items()}
 
@@ -208,6 +211,7 @@ def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
     assert "exceeds limit" in reasons["dogs/bomb.png"]
     assert reasons["dogs/link-out.png"] == "link resolves outside the raw data folder"
     assert reasons["cats/folder-out"] == "link resolves outside the raw data folder"
+    assert reasons["dogs/dangling.png"] == "cannot be read: No such file or directory"
     details = {row.path: row.detail for row in interim.duplicates}
     assert details["cats/rgb_copy.jpg"] == "same image as cats/rgb.jpg"
     assert details["dogs/link-in.webp"] == "same image as dogs/a.webp"
