@@ -26,8 +26,8 @@ demo: $(VENV)/.installed
 	$(BIN)/dvc metrics show results/evaluate/metrics.json
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check pipeline tests
-	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
