@@ -18,6 +18,7 @@ INTERIM = Path("data/interim")
 PROCESSED = Path("data/processed")
 MODEL = Path("models/model.keras")
 LIVE = Path("results/train")
+PREPARE_REPORT = Path("results/prepare")
 EVALUATION = Path("results/evaluate")
 DECODE_CACHE = Path(".cache/imgpipe/decoded.sqlite")
 
@@ -145,32 +146,42 @@ def ingest(
 
 @cli.command()
 @click.option(
-    "--interim",
-    type=_folder(),
-    default=INTERIM,
-    show_default=True,
-    help="The output folder of ingest.",
+    "--interim", type=_folder(), default=INTERIM, show_default=True, help="The output of ingest."
 )
 @click.option(
     "--out",
     type=_folder(exists=False),
     default=PROCESSED,
     show_default=True,
-    help="Where to write the per-split arrays, labels.json and splits.csv.",
+    help="Where to write the per-split views and labels, labels.json and splits.csv.",
+)
+@click.option(
+    "--report-dir",
+    type=_folder(exists=False),
+    default=PREPARE_REPORT,
+    show_default=True,
+    help="Where to write report.json (DVC metrics) and the class-balance and sample plots.",
 )
 @click.pass_context
-def prepare(ctx: click.Context, interim: Path, out: Path) -> None:
-    """Split by content hash into train/val/test and one-hot encode (params: prepare).
+def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> None:
+    """Split without leaks, encode labels, derive the model's views (params: prepare).
 
-    An image's split depends only on its bytes and prepare.split_salt, so
-    adding images never moves the ones already there.
+    An image's split depends only on its bytes and prepare.split_salt, so adding
+    images never moves the ones already there. Near-duplicates (perceptual
+    hashes within prepare.near_duplicate_distance bits) always share a split:
+    the most test-ward of their own, so a group only ever moves toward test.
     """
     settings = _params(ctx).prepare
     from pipeline import prepare as stage
 
-    processed = stage.run(interim, out, settings)
-    sizes = ", ".join(f"{name} {len(split.images)}" for name, split in processed.splits.items())
-    click.echo(f"prepare: {len(processed.class_indices)} classes; {sizes} -> {out}")
+    processed = stage.run(interim, out, report_dir, settings)
+    sizes = ", ".join(f"{name} {len(split.labels)}" for name, split in processed.splits.items())
+    near = processed.report["near_duplicates"]
+    click.echo(
+        f"prepare: {len(processed.class_indices)} classes; {sizes} -> {out}\n"
+        f"  near-duplicates: {near['pairs']} pairs in {near['groups']} groups, "
+        f"{near['moved']} images moved with their group, leakage {near['leakage']}"
+    )
 
 
 @cli.command()
@@ -243,6 +254,35 @@ def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -
         f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
         f"on {metrics['images']} images -> {out / 'metrics.json'}"
     )
+
+
+@cli.command()
+@click.argument("rev_a", required=False, default="HEAD")
+@click.argument("rev_b", required=False)
+@click.option(
+    "--splits",
+    "splits_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=PROCESSED / "splits.csv",
+    show_default=True,
+    help="The versioned split table to compare, relative to the repository root.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def diff(rev_a: str, rev_b: str | None, splits_csv: Path, as_json: bool) -> None:
+    """What changed in the data from REV_A to REV_B, per class.
+
+    REV_A and REV_B are git revisions (default: HEAD against the work tree).
+    Images are matched by content: added, removed, relabelled (same image,
+    other class), moved with their near-duplicate group, and moved for any
+    other reason (none, unless the salt or the fractions changed).
+    """
+    import json
+
+    from pipeline import diff as changes
+
+    before, after = (changes.read_rows(splits_csv, rev) for rev in (rev_a, rev_b))
+    table = changes.compare(before, after)
+    click.echo(json.dumps(table, indent=2) if as_json else changes.render(table))
 
 
 def main() -> None:

@@ -2,34 +2,33 @@
 
 Every model takes uint8 pixels and scales them itself (a Rescaling layer), so
 stored data stays uint8 and prediction can never skip the scaling. The output
-layer follows the labels: one sigmoid unit for two classes, softmax otherwise.
+layer follows the labels: one sigmoid unit for a 0/1 column, softmax over a
+one-hot encoding otherwise.
 """
 
 import keras
 from keras import layers
 
-from pipeline.errors import PipelineError
+INPUTS = {"sequential": 1, "functional": 1, "shared_input": 1, "multi_input": 2}
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """Build (uncompiled) the model `name` for (H, W, C) uint8 inputs."""
-    if name == "multi_input":
-        # It needs a second, colour view of each image, which prepare does not write yet.
-        raise PipelineError(
-            "train.model = 'multi_input' needs the second (32x32 colour) view of each image, "
-            "which prepare does not produce yet; choose sequential, functional or shared_input"
-        )
-    builders = {"sequential": _sequential, "functional": _functional, "shared_input": _shared_input}
-    return builders[name](input_shape, num_classes)
+def build_model(name: str, input_shapes: list[tuple[int, int, int]], units: int) -> keras.Model:
+    """Build (uncompiled) the model `name` for (H, W, C) uint8 inputs and `units` outputs."""
+    builders = {
+        "sequential": _sequential,
+        "functional": _functional,
+        "shared_input": _shared_input,
+        "multi_input": _multi_input,
+    }
+    shapes = input_shapes[: INPUTS[name]]
+    return builders[name](*shapes, units=units)
 
 
-def _output(num_classes: int) -> layers.Dense:
-    if num_classes == 2:
-        return layers.Dense(1, activation="sigmoid", name="output")
-    return layers.Dense(num_classes, activation="softmax", name="output")
+def _output(units: int) -> layers.Dense:
+    return layers.Dense(units, activation="sigmoid" if units == 1 else "softmax", name="output")
 
 
-def _sequential(input_shape, num_classes) -> keras.Model:
+def _sequential(input_shape, units) -> keras.Model:
     return keras.Sequential(
         [
             keras.Input(shape=input_shape, dtype="uint8"),
@@ -40,13 +39,13 @@ def _sequential(input_shape, num_classes) -> keras.Model:
             layers.MaxPooling2D(2),
             layers.Flatten(),
             layers.Dense(128, activation="relu"),
-            _output(num_classes),
+            _output(units),
         ],
         name="sequential",
     )
 
 
-def _functional(input_shape, num_classes) -> keras.Model:
+def _functional(input_shape, units) -> keras.Model:
     inputs = keras.Input(shape=input_shape, dtype="uint8")
     x = layers.Rescaling(1 / 255)(inputs)
     x = layers.Conv2D(32, 4, activation="relu")(x)
@@ -55,10 +54,10 @@ def _functional(input_shape, num_classes) -> keras.Model:
     x = layers.MaxPooling2D(2)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(10, activation="relu")(x)
-    return keras.Model(inputs, _output(num_classes)(x), name="functional")
+    return keras.Model(inputs, _output(units)(x), name="functional")
 
 
-def _shared_input(input_shape, num_classes) -> keras.Model:
+def _shared_input(input_shape, units) -> keras.Model:
     """Two branches with different kernel sizes read the same input."""
     inputs = keras.Input(shape=input_shape, dtype="uint8")
     scaled = layers.Rescaling(1 / 255)(inputs)
@@ -69,11 +68,28 @@ def _shared_input(input_shape, num_classes) -> keras.Model:
         branches.append(layers.Flatten()(x))
     x = layers.Concatenate()(branches)
     x = layers.Dense(10, activation="relu")(x)
-    return keras.Model(inputs, _output(num_classes)(x), name="shared_input")
+    return keras.Model(inputs, _output(units)(x), name="shared_input")
 
 
-def compile_model(model: keras.Model, num_classes: int, learning_rate: float) -> None:
-    if num_classes == 2:
+def _multi_input(gray_shape, colour_shape, units) -> keras.Model:
+    """Two views of the same image, each through its own convolutions, then merged."""
+    inputs = [keras.Input(shape=shape, dtype="uint8") for shape in (gray_shape, colour_shape)]
+    branches = []
+    for view in inputs:
+        x = layers.Rescaling(1 / 255)(view)
+        x = layers.Conv2D(32, 4, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Conv2D(16, 4, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        branches.append(layers.Flatten()(x))
+    x = layers.Concatenate()(branches)
+    x = layers.Dense(10, activation="relu")(x)
+    x = layers.Dense(10, activation="relu")(x)
+    return keras.Model(inputs, _output(units)(x), name="multi_input")
+
+
+def compile_model(model: keras.Model, units: int, learning_rate: float) -> None:
+    if units == 1:
         loss, accuracy = "binary_crossentropy", keras.metrics.BinaryAccuracy(name="accuracy")
     else:
         loss, accuracy = (

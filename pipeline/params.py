@@ -7,6 +7,7 @@ stage touches its outputs.
 """
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -49,10 +50,31 @@ class Ingest(_Section):
     )
 
 
+class View(_Section):
+    """One model input derived from each ingested image."""
+
+    image_size: tuple[ImageSide, ImageSide] = Field(
+        strict=False, description="[height, width], two integers from 16 to 1024"
+    )
+    color_mode: Literal["grayscale", "rgb"] = Field(description="grayscale or rgb")
+
+
 class Prepare(_Section):
     val_fraction: float = Field(ge=0, lt=1, description="a number from 0 up to (not including) 1")
     test_fraction: float = Field(gt=0, lt=1, description="a number between 0 and 1, exclusive")
     split_salt: str = Field(description="any string; changing it reshuffles every split")
+    near_duplicate_distance: int = Field(
+        ge=-1, le=256, description="-1 (off), or 0 to 256: the most bits two 256-bit pHashes differ"
+    )
+    label_mode: Literal["auto", "binary", "categorical"] = Field(
+        description="auto, binary (one 0/1 column, two classes) or categorical (one-hot)"
+    )
+    views: tuple[View, ...] = Field(
+        strict=False,
+        min_length=1,
+        max_length=2,
+        description="a list of one view, or two for multi_input, each {image_size, color_mode}",
+    )
 
     @model_validator(mode="after")
     def _train_keeps_images(self):
@@ -77,6 +99,23 @@ class Params(_Section):
     ingest: Ingest
     prepare: Prepare
     train: Train
+
+    @model_validator(mode="after")
+    def _sections_agree(self):
+        for index, view in enumerate(self.prepare.views):
+            if view.color_mode == "rgb" and self.ingest.color_mode == "grayscale":
+                raise ValueError(
+                    f"prepare.views[{index}].color_mode = 'rgb' cannot be derived from "
+                    "grayscale images; allowed: grayscale, or set ingest.color_mode: rgb"
+                )
+        wanted = 2 if self.train.model == "multi_input" else 1
+        if len(self.prepare.views) < wanted:
+            raise ValueError(
+                f"train.model = '{self.train.model}' needs {wanted} prepare.views, "
+                f"found {len(self.prepare.views)}; add a view such as "
+                "{image_size: [32, 32], color_mode: rgb}"
+            )
+        return self
 
 
 def load_params(path: Path) -> Params:
@@ -105,40 +144,48 @@ def load_params(path: Path) -> Params:
 
 
 def _describe(error: dict, data: dict) -> str:
-    """Turn pydantic's first error into 'key = value; allowed: ...'."""
-    # Stop at the first list index: report the whole [height, width] list, not one item.
-    names = []
-    for part in error["loc"]:
-        if not isinstance(part, str):
-            break
-        names.append(part)
-    key = ".".join(names)
-    owner, field = _field_at(names)
+    """Turn pydantic's first error into 'key = value is invalid; allowed: ...'."""
+    location = list(error["loc"])
+    while location and isinstance(location[-1], int):
+        location.pop()  # report the whole [height, width] list, not one of its items
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location)
+    key = key.lstrip(".")
+    owner, field = _field_at(location)
 
     if error["type"] == "extra_forbidden":
         allowed = list(owner.model_fields)
-        close = difflib.get_close_matches(names[-1], allowed, n=1)
+        close = difflib.get_close_matches(location[-1], allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"{key} is not a known key{hint}; allowed keys here: {', '.join(allowed)}"
-    allowed = _allowed(field)
     # A missing list item ([64] for [height, width]) is a bad value, not a missing key.
-    if error["type"] == "missing" and len(names) == len(error["loc"]):
-        return f"{key} is missing; add it, allowed: {allowed}"
+    if error["type"] == "missing" and len(location) == len(error["loc"]):
+        return f"{key} is missing; add it, allowed: {_allowed(field)}"
     if error["type"] == "value_error":
-        return f"{key}: {error['msg'].removeprefix('Value error, ')}"
-    return f"{key} = {_show(_value_at(data, names))} is invalid; allowed: {allowed}"
+        message = error["msg"].removeprefix("Value error, ")
+        return f"{key}: {message}" if key else message
+    return f"{key} = {_show(_value_at(data, location))} is invalid; allowed: {_allowed(field)}"
 
 
-def _field_at(names: list[str]) -> tuple[type[BaseModel], Any]:
-    """The model that owns the last key in `names`, and that key's field (None at the top)."""
+def _field_at(location: list) -> tuple[type[BaseModel], Any]:
+    """The model that owns the last key in `location`, and that key's field (None at the top)."""
     owner, field = Params, None
-    for name in names:
+    for part in location:
+        if isinstance(part, int):
+            continue  # an item of a list of sections: the same section type
         if field is not None:
-            owner = field.annotation
-        field = owner.model_fields.get(name)
+            owner = _section_type(field)
+        field = owner.model_fields.get(part)
         if field is None:
             break
     return owner, field
+
+
+def _section_type(field) -> type[BaseModel]:
+    """The section model a field holds, directly or as the items of a list."""
+    annotation = field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return typing.get_args(annotation)[0]
 
 
 def _allowed(field) -> str:
@@ -149,9 +196,12 @@ def _allowed(field) -> str:
     return field.description
 
 
-def _value_at(data: Any, names: list[str]) -> Any:
-    for name in names:
-        data = data.get(name) if isinstance(data, dict) else None
+def _value_at(data: Any, location: list) -> Any:
+    for part in location:
+        if isinstance(part, int):
+            data = data[part] if isinstance(data, list | tuple) and part < len(data) else None
+        else:
+            data = data.get(part) if isinstance(data, dict) else None
     return data
 
 

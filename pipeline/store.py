@@ -8,6 +8,7 @@ place, so a killed stage never leaves a file that looks complete but is not.
 
 import csv
 import dataclasses
+import io
 import json
 import operator
 import os
@@ -57,6 +58,8 @@ class SplitRow:
     sha256: str
     label: str
     split: str
+    group: str  # sha256 of the first member of its near-duplicate group; "" when alone
+    moved_from: str  # the split its own hash gives, when its group moved it; else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +75,8 @@ class Interim:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # (N, H, W, C) uint8
-    labels: np.ndarray  # (N, 1) 0/1 for two classes, else (N, K) one-hot; float32
+    views: list[np.ndarray]  # one (N, H, W, C) uint8 array per prepare.views entry
+    labels: np.ndarray  # (N, 1) 0/1 for binary labels, else (N, K) one-hot; float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,15 +86,12 @@ class Processed:
     splits: dict[str, Split]
     class_indices: dict[str, int]  # class name -> index, sorted by name
     rows: list[SplitRow]
+    report: dict
 
 
-# File names; dvc.yaml lists the same paths (tests/test_dvc_yaml.py checks).
+# File names; dvc.yaml lists the same paths (tests/test_dvc_yaml.py checks). Prepare's
+# folder is one DVC output as a whole: its number of views follows params.
 INTERIM_FILES = ("images.npy", "manifest.csv", "quarantine.csv", "duplicates.csv", "report.json")
-PROCESSED_FILES = (
-    *(f"{split}_{kind}.npy" for split in SPLITS for kind in ("images", "labels")),
-    "labels.json",
-    "splits.csv",
-)
 
 
 def write_interim(folder: Path, interim: Interim) -> None:
@@ -116,21 +116,34 @@ def read_interim(folder: Path) -> Interim:
 def write_processed(folder: Path, processed: Processed) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, split in processed.splits.items():
-        save_array(folder / f"{name}_images.npy", split.images)
+        for index, view in enumerate(split.views):
+            save_array(folder / f"{name}_view{index}.npy", view)
         save_array(folder / f"{name}_labels.npy", split.labels)
     write_json(folder / "labels.json", processed.class_indices)
     _write_rows(folder / "splits.csv", SplitRow, processed.rows)
 
 
 def read_split(folder: Path, name: str) -> Split:
+    views = []
+    while (path := folder / f"{name}_view{len(views)}.npy").exists():
+        views.append(load_array(path))
     return Split(
-        images=load_array(folder / f"{name}_images.npy"),
+        views=views,
         labels=load_array(folder / f"{name}_labels.npy"),
     )
 
 
 def read_class_indices(folder: Path) -> dict[str, int]:
     return read_json(folder / "labels.json")
+
+
+def labels_beside(model_path: Path) -> Path:
+    """Where train keeps the label map a model was trained with: models/model.labels.json."""
+    return model_path.with_name(f"{model_path.stem}.labels.json")
+
+
+def read_split_rows(path: Path) -> list[SplitRow]:
+    return _read_rows(path, SplitRow)
 
 
 @contextmanager
@@ -182,9 +195,17 @@ def _write_rows(path: Path, row_type: type, rows: list) -> None:
 
 
 def _read_rows(path: Path, row_type: type) -> list:
-    types = {field.name: field.type for field in dataclasses.fields(row_type)}
     with path.open(newline="", encoding="utf-8") as file:
-        return [
-            row_type(**{name: types[name](value) for name, value in row.items()})
-            for row in csv.DictReader(file)
-        ]
+        return _parse_rows(file, row_type)
+
+
+def split_rows_from_text(text: str) -> list[SplitRow]:
+    return _parse_rows(io.StringIO(text, newline=""), SplitRow)
+
+
+def _parse_rows(lines, row_type: type) -> list:
+    types = {field.name: field.type for field in dataclasses.fields(row_type)}
+    return [
+        row_type(**{name: types[name](value) for name, value in row.items()})
+        for row in csv.DictReader(lines)
+    ]

@@ -34,25 +34,30 @@ class LiveLogger(keras.callbacks.Callback):
         self.live.next_step()
 
 
+def model_inputs(split: store.Split, count: int):
+    """The arrays a model with `count` inputs takes: one view, or a list of them."""
+    views = [np.asarray(view) for view in split.views[:count]]
+    return views[0] if count == 1 else views
+
+
 def train(
     train_split: store.Split,
     val_split: store.Split,
-    num_classes: int,
     params: Params,
     callbacks: list[keras.callbacks.Callback],
 ) -> keras.Model:
     """Build, compile and fit the model; pure apart from the callbacks."""
     keras.utils.set_random_seed(params.base.seed)
     settings = params.train
-    model = build_model(settings.model, train_split.images.shape[1:], num_classes)
-    compile_model(model, num_classes, settings.learning_rate)
-    validation = (
-        (np.asarray(val_split.images), np.asarray(val_split.labels))
-        if len(val_split.images)
-        else None
-    )
+    units = train_split.labels.shape[1]
+    model = build_model(settings.model, [view.shape[1:] for view in train_split.views], units)
+    compile_model(model, units, settings.learning_rate)
+    count = len(model.inputs)
+    validation = None
+    if len(val_split.labels):
+        validation = (model_inputs(val_split, count), np.asarray(val_split.labels))
     model.fit(
-        np.asarray(train_split.images),
+        model_inputs(train_split, count),
         np.asarray(train_split.labels),
         batch_size=settings.batch_size,
         epochs=settings.epochs,
@@ -66,12 +71,13 @@ def train(
 
 
 def run(processed: Path, model_path: Path, live_dir: Path, params: Params) -> keras.Model:
-    num_classes = len(store.read_class_indices(processed))
     train_split = store.read_split(processed, "train")
     val_split = store.read_split(processed, "val")
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
-        model = train(train_split, val_split, num_classes, params, [LiveLogger(live)])
+        model = train(train_split, val_split, params, [LiveLogger(live)])
     with store.atomic_path(model_path, suffix=".keras") as temporary:
         model.save(temporary)
+    # The label map the model was trained with, so that nothing uses it with another.
+    store.write_json(store.labels_beside(model_path), store.read_class_indices(processed))
     return model

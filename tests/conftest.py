@@ -64,9 +64,24 @@ def write_params(path: Path, **sections) -> Path:
 # Small and fast settings for tests that train.
 FAST = {
     "ingest": {"image_size": [32, 32]},
-    "prepare": {"val_fraction": 0.2, "test_fraction": 0.25},
+    "prepare": {
+        "val_fraction": 0.2,
+        "test_fraction": 0.25,
+        "views": [{"image_size": [32, 32], "color_mode": "grayscale"}],
+    },
     "train": {"epochs": 1, "batch_size": 8},
 }
+
+
+def photo_like(seed: int, size=(96, 72)) -> Image.Image:
+    """A small RGB image with structure (smooth colour, hard-edged blocks), unlike noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    pixels = np.asarray(Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)).copy()
+    for _ in range(4):
+        x, y = rng.integers(0, size[0] - 20), rng.integers(0, size[1] - 20)
+        pixels[y : y + 20, x : x + 20] = rng.integers(0, 256, 3)
+    return Image.fromarray(pixels)
 
 
 @pytest.fixture

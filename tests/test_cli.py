@@ -1,6 +1,7 @@
 """The click commands, run as a user runs them."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -31,10 +32,12 @@ def project(tmp_path_factory):
         "model": root / "model.keras",
         "live": root / "live",
         "results": root / "results",
+        "prepare_report": root / "prepare_report",
     }
     commands = {
         "ingest": ["--raw", paths["raw"], "--out", paths["interim"], "--cache", root / "cache"],
-        "prepare": ["--interim", paths["interim"], "--out", paths["processed"]],
+        "prepare": ["--interim", paths["interim"], "--out", paths["processed"],
+                    "--report-dir", paths["prepare_report"]],
         "train": ["--processed", paths["processed"], "--model-out", paths["model"],
                   "--live-dir", paths["live"]],
         "evaluate": ["--model", paths["model"], "--processed", paths["processed"],
@@ -90,7 +93,14 @@ def test_help_and_ingest_never_import_a_deep_learning_backend(tmp_path):
 def test_the_stages_by_hand_write_every_output(project):
     paths, _, outputs = project
     assert sorted(p.name for p in paths["interim"].iterdir()) == sorted(store.INTERIM_FILES)
-    assert sorted(p.name for p in paths["processed"].iterdir()) == sorted(store.PROCESSED_FILES)
+    assert sorted(p.name for p in paths["processed"].iterdir()) == sorted(
+        [f"{split}_{kind}.npy" for split in store.SPLITS for kind in ("view0", "labels")]
+        + ["labels.json", "splits.csv"]
+    )
+    assert sorted(p.name for p in paths["prepare_report"].iterdir()) == [
+        "class_balance.png", "report.json", "samples.png"
+    ]  # fmt: skip
+    assert "leakage 0" in outputs["prepare"]
     assert "48 images in 3 classes" in outputs["ingest"]
     assert "48 accepted, 0 quarantined, 0 duplicate, 0 conflict, 0 ignored" in outputs["ingest"]
     assert paths["model"].is_file()
@@ -101,7 +111,7 @@ def test_the_stages_by_hand_write_every_output(project):
 
     metrics = json.loads((paths["results"] / "metrics.json").read_text())
     test_split = store.read_split(paths["processed"], "test")
-    assert metrics["images"] == len(test_split.images) > 0
+    assert metrics["images"] == len(test_split.labels) > 0
     assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
     assert f"test accuracy {metrics['accuracy']:.4f}" in outputs["evaluate"]
 
@@ -139,6 +149,30 @@ def test_a_data_problem_exits_1_with_a_message_not_a_traceback(tmp_path):
     assert not out.exists()
 
 
+def test_evaluate_refuses_a_model_trained_with_another_label_map(project, tmp_path):
+    paths, _, _ = project
+    processed = tmp_path / "processed"
+    shutil.copytree(paths["processed"], processed)
+    (processed / "labels.json").write_text('{"bright": 0, "dark": 1, "mid": 2, "new": 3}')
+    result = invoke("--params", paths["params"], "evaluate", "--model", paths["model"],
+                    "--processed", processed, "--out", tmp_path / "out")  # fmt: skip
+    assert result.exit_code == 1
+    assert "was trained with the label map" in result.output and "train again" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_a_model_whose_input_shape_differs(project, tmp_path):
+    paths, _, _ = project
+    processed = tmp_path / "processed"
+    shutil.copytree(paths["processed"], processed)
+    for split in store.SPLITS:
+        store.save_array(processed / f"{split}_view0.npy", np.zeros((3, 40, 40, 1), np.uint8))
+    result = invoke("--params", paths["params"], "evaluate", "--model", paths["model"],
+                    "--processed", processed, "--out", tmp_path / "out")  # fmt: skip
+    assert result.exit_code == 1
+    assert "takes inputs of shape [(32, 32, 1)]" in result.output
+
+
 def test_a_missing_input_folder_names_the_option(tmp_path):
     result = invoke("prepare", "--interim", tmp_path / "nowhere")
     assert result.exit_code == 2
@@ -150,3 +184,42 @@ def test_python_dash_m_runs_the_same_cli():
         [sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, check=True
     )
     assert "demo-data" in done.stdout
+
+
+def test_multi_input_trains_and_evaluates_on_two_views_of_colour_images(tmp_path):
+    params = write_params(
+        tmp_path / "params.yaml",
+        ingest={"image_size": [32, 32], "color_mode": "rgb"},
+        prepare={
+            "val_fraction": 0.2,
+            "test_fraction": 0.25,
+            "views": [
+                {"image_size": [32, 32], "color_mode": "grayscale"},
+                {"image_size": [16, 16], "color_mode": "rgb"},
+            ],
+        },
+        train={"model": "multi_input", "epochs": 1, "batch_size": 8},
+    )
+    raw = make_dataset(tmp_path / "raw", per_class=12)
+    steps = [
+        ["ingest", "--raw", raw, "--out", tmp_path / "interim"],
+        ["prepare", "--interim", tmp_path / "interim", "--out", tmp_path / "processed",
+         "--report-dir", tmp_path / "report"],
+        ["train", "--processed", tmp_path / "processed", "--model-out", tmp_path / "m.keras",
+         "--live-dir", tmp_path / "live"],
+        ["evaluate", "--model", tmp_path / "m.keras", "--processed", tmp_path / "processed",
+         "--out", tmp_path / "results"],
+    ]  # fmt: skip
+    for step in steps:
+        result = invoke("--params", params, *step)
+        assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "results" / "metrics.json").read_text())["images"] > 0
+    train = store.read_split(tmp_path / "processed", "train")
+    assert [view.shape[1:] for view in train.views] == [(32, 32, 1), (16, 16, 3)]
+
+
+def test_multi_input_with_one_view_is_a_params_error(tmp_path):
+    params = write_params(tmp_path / "params.yaml", train={"model": "multi_input"})
+    result = invoke("--params", params, "train", "--processed", tmp_path)
+    assert result.exit_code == 2
+    assert "train.model = 'multi_input' needs 2 prepare.views, found 1" in result.output

@@ -8,7 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import BIN, FAST, REPO, make_dataset, write_params
+from pipeline.diff import CHANGES
+from tests.conftest import BIN, FAST, REPO, image_bytes, make_dataset, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +75,37 @@ def test_a_bad_param_fails_repro_before_any_stage_output_exists(repo):
     assert "ingest.image_size = [64, 0] is invalid" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert not (repo / "data" / "interim" / "images.npy").exists()
+
+
+def test_diff_shows_what_changed_between_two_commits(repo):
+    run(repo, BIN / "dvc", "repro", "prepare")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "data v1")
+    raw = repo / "data" / "raw"
+    for index in range(5):  # 10% more images
+        (raw / "dark" / f"new{index}.png").write_bytes(image_bytes(30, f"new dark {index}"))
+    (raw / "bright" / "000.png").rename(raw / "mid" / "was-bright.png")  # same image, new class
+    (raw / "mid" / "001.png").unlink()
+    run(repo, BIN / "dvc", "repro", "prepare")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "data v2")
+
+    table = json.loads(run(repo, BIN / "imgpipe", "diff", "HEAD~1", "HEAD", "--json"))
+    assert table["dark"]["added"] == 5
+    assert table["mid"]["relabelled"] == 1 and table["mid"]["removed"] == 1
+    assert table["total"] == {
+        "added": 5, "removed": 1, "relabelled": 1, "moved_with_group": 0, "moved": 0
+    }  # fmt: skip
+    printed = run(repo, BIN / "imgpipe", "diff", "HEAD~1", "HEAD")
+    assert printed.splitlines()[0].split() == ["class", *CHANGES]
+    unchanged = json.loads(run(repo, BIN / "imgpipe", "diff", "--json"))  # HEAD vs work tree
+    assert set(unchanged["total"].values()) == {0}
+
+
+def test_diff_of_an_unknown_revision_says_what_to_check(repo):
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    command = [BIN / "imgpipe", "diff", "no-such-rev", "HEAD"]
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "cannot read data/processed/splits.csv at no-such-rev" in done.stderr
+    assert "Traceback" not in done.stderr

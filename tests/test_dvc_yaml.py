@@ -22,10 +22,21 @@ def test_stages_are_the_pipeline_in_order():
     assert all(STAGES[name]["cmd"].startswith(f"imgpipe {name} ") for name in STAGES)
 
 
-def test_stage_outputs_are_exactly_the_files_the_store_writes():
+def test_stage_outputs_are_exactly_what_the_commands_write():
     assert _written("ingest") == {f"{cli.INTERIM.as_posix()}/{f}" for f in store.INTERIM_FILES}
-    assert _written("prepare") == {f"{cli.PROCESSED.as_posix()}/{f}" for f in store.PROCESSED_FILES}
-    assert _written("train") == {cli.MODEL.as_posix(), f"{cli.LIVE.as_posix()}/metrics.json"}
+    assert _written("prepare") == {
+        cli.PROCESSED.as_posix(),
+        f"{cli.PREPARE_REPORT.as_posix()}/report.json",
+    }
+    assert _paths(STAGES["prepare"]["plots"]) == [
+        f"{cli.PREPARE_REPORT.as_posix()}/class_balance.png",
+        f"{cli.PREPARE_REPORT.as_posix()}/samples.png",
+    ]
+    assert _written("train") == {
+        cli.MODEL.as_posix(),
+        store.labels_beside(cli.MODEL).as_posix(),
+        f"{cli.LIVE.as_posix()}/metrics.json",
+    }
     assert _written("evaluate") == {f"{cli.EVALUATION.as_posix()}/metrics.json"}
 
 

@@ -1,83 +1,227 @@
-"""Prepare: a content-hash split that never reshuffles, and the label encodings."""
+"""Prepare: a split that never reshuffles or leaks, labels, views, the report and plots."""
 
 import hashlib
+import io
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from pipeline import prepare, store
+from pipeline import ingest, prepare, store
 from pipeline.errors import PipelineError
-from pipeline.params import Prepare
+from pipeline.params import Ingest, Prepare
+from tests.conftest import default_params, photo_like
 
-SETTINGS = Prepare(val_fraction=0.2, test_fraction=0.1, split_salt="s")
+
+def settings(**overrides) -> Prepare:
+    return Prepare.model_validate(default_params()["prepare"] | overrides)
+
+
+SETTINGS = settings(val_fraction=0.2, test_fraction=0.2, split_salt="s")
+RGB_INGEST = Ingest.model_validate(default_params()["ingest"] | {"color_mode": "rgb"})
 
 
 def _hash(i: int) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 
 
-def _interim(count: int, classes=("b", "a", "c")) -> store.Interim:
+def noise_interim(count: int, classes=("b", "a", "c"), seed: int = 0) -> store.Interim:
+    """Distinct random images: no two are near-duplicates."""
+    rng = np.random.default_rng(seed)
     rows = [
-        store.ManifestRow(
-            f"{classes[i % len(classes)]}/{i}.png",
-            classes[i % len(classes)],
-            _hash(i),
-            8,
-            8,
-            "PNG",
-            "L",
-        )
+        store.ManifestRow(f"{classes[i % len(classes)]}/{i}.png", classes[i % len(classes)],
+                          _hash(i), 64, 64, "PNG", "L")
         for i in range(count)
-    ]
-    images = np.arange(count, dtype=np.uint8).reshape(-1, 1, 1, 1) * np.ones((1, 4, 4, 1), np.uint8)
+    ]  # fmt: skip
+    images = rng.integers(0, 256, (count, 64, 64, 1), dtype=np.uint8)
     return store.Interim(images, rows, [], [], {})
+
+
+def encode(image: Image.Image, fmt="PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+# --- the split ---------------------------------------------------------------------
 
 
 def test_split_fractions_match_the_settings():
     counts = {"train": 0, "val": 0, "test": 0}
     for i in range(20_000):
-        counts[prepare.assign_split(_hash(i), SETTINGS)] += 1
-    assert abs(counts["test"] / 20_000 - 0.1) < 0.01
+        counts[prepare.natural_split(_hash(i), SETTINGS)] += 1
+    assert abs(counts["test"] / 20_000 - 0.2) < 0.01
     assert abs(counts["val"] / 20_000 - 0.2) < 0.01
 
 
 def test_the_salt_decides_the_split():
-    other = Prepare(val_fraction=0.2, test_fraction=0.1, split_salt="other")
-    splits = [prepare.assign_split(_hash(i), s) for s in (SETTINGS, other) for i in range(200)]
+    other = settings(val_fraction=0.2, test_fraction=0.2, split_salt="other")
+    splits = [prepare.natural_split(_hash(i), s) for s in (SETTINGS, other) for i in range(200)]
     assert splits[:200] != splits[200:]
 
 
-def test_growing_the_data_never_moves_an_image_between_splits():
-    before = prepare.prepare(_interim(300), SETTINGS)
-    after = prepare.prepare(_interim(330), SETTINGS)  # 10% more images
+def test_growing_the_data_by_ten_percent_never_moves_an_old_image():
+    before = prepare.prepare(noise_interim(300), SETTINGS)
+    after = prepare.prepare(noise_interim(330), SETTINGS)
     old = {row.path: row.split for row in before.rows}
     new = {row.path: row.split for row in after.rows}
     assert {path: new[path] for path in old} == old
+    assert after.report["near_duplicates"]["moved"] == 0
 
 
-def test_prepare_keeps_pixels_with_their_labels_and_sorts_the_label_map():
-    interim = _interim(90)
+def test_groups_are_transitive_and_take_the_most_test_ward_split():
+    pairs = np.array([[0, 3], [3, 5], [1, 2]])
+    groups = prepare.group_of(6, pairs)
+    assert groups.tolist() == [0, 1, 1, 0, 4, 0]
+    shas = [_hash(i) for i in range(6)]
+    natural = [prepare.natural_split(sha, SETTINGS) for sha in shas]
+    splits, reported_natural = prepare.assign_splits(shas, groups, SETTINGS)
+    assert reported_natural == natural
+    order = prepare.SPLIT_ORDER
+    for members in ([0, 3, 5], [1, 2], [4]):
+        highest = max((natural[i] for i in members), key=order.get)
+        assert {splits[i] for i in members} == {highest}
+
+
+def test_the_leakage_metric_counts_pairs_split_apart():
+    pairs = np.array([[0, 1], [1, 2]])
+    assert prepare.leakage(pairs, ["train", "train", "train"]) == 0
+    assert prepare.leakage(pairs, ["train", "test", "train"]) == 2
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A raw folder of 40 distinct structured images in two classes."""
+    raw = tmp_path / "raw"
+    for i in range(40):
+        folder = raw / ("cats" if i % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:02d}.png").write_bytes(encode(photo_like(i)))
+    return raw
+
+
+def _copy_landing_in(source: bytes, split: str, settings: Prepare) -> bytes:
+    """A resized, re-encoded copy of `source` whose own hash would put it in `split`."""
+    image = Image.open(io.BytesIO(source))
+    for quality in range(60, 96):
+        copy = encode(image.resize((77, 58)).convert("RGB"), "JPEG", quality=quality)
+        if prepare.natural_split(hashlib.sha256(copy).hexdigest(), settings) == split:
+            return copy
+    raise AssertionError(f"no copy lands in {split}")
+
+
+@pytest.mark.parametrize("original_split, copy_split", [("test", "train"), ("train", "test")])
+def test_a_resized_reencoded_copy_always_shares_its_originals_split(
+    photos, original_split, copy_split
+):
+    first = prepare.prepare(ingest.ingest(photos, RGB_INGEST), SETTINGS)
+    assert first.report["near_duplicates"]["pairs"] == 0
+    original = next(row for row in first.rows if row.split == original_split)
+    copy = _copy_landing_in((photos / original.path).read_bytes(), copy_split, SETTINGS)
+    (photos / "cats" / "zz-copy.jpg").write_bytes(copy)
+
+    grown = prepare.prepare(ingest.ingest(photos, RGB_INGEST), SETTINGS)
+    rows = {row.path: row for row in grown.rows}
+    together = "test"  # the more test-ward of the two
+    assert rows[original.path].split == rows["cats/zz-copy.jpg"].split == together
+    moved = {path for path, row in rows.items() if row.moved_from}
+    assert moved == ({"cats/zz-copy.jpg"} if original_split == "test" else {original.path})
+    assert rows[original.path].group == rows["cats/zz-copy.jpg"].group != ""
+    near = grown.report["near_duplicates"]
+    assert (near["pairs"], near["groups"], near["moved"], near["leakage"]) == (1, 1, 1, 0)
+    # Nothing else moved.
+    before = {row.path: row.split for row in first.rows if row.path != original.path}
+    assert all(rows[path].split == split for path, split in before.items())
+
+
+def test_near_duplicate_grouping_can_be_turned_off(photos):
+    interim = ingest.ingest(photos, RGB_INGEST)
+    same = store.ManifestRow("dogs/same.png", "dogs", _hash(1), 1, 1, "PNG", "RGB")
+    images = np.concatenate([interim.images, interim.images[:1]])
+    interim = store.Interim(images, [*interim.manifest, same], [], [], {})
+    assert prepare.prepare(interim, SETTINGS).report["near_duplicates"]["pairs"] == 1
+    off = prepare.prepare(
+        interim, settings(**SETTINGS.model_dump() | {"near_duplicate_distance": -1})
+    )
+    assert off.report["near_duplicates"]["pairs"] == 0
+
+
+# --- labels, views, the report --------------------------------------------------------
+
+
+def test_label_modes():
+    two, three = np.array([0, 1, 1]), np.array([2, 0, 1])
+    np.testing.assert_array_equal(prepare.encode_labels(two, 2, "auto"), [[0], [1], [1]])
+    np.testing.assert_array_equal(
+        prepare.encode_labels(three, 3, "auto"), [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+    )
+    np.testing.assert_array_equal(
+        prepare.encode_labels(two, 2, "categorical"), [[1, 0], [0, 1], [0, 1]]
+    )
+    assert prepare.encode_labels(two, 2, "binary").dtype == np.float32
+    with pytest.raises(PipelineError, match="'binary' needs exactly two classes, found 3"):
+        prepare.encode_labels(three, 3, "binary")
+
+
+def test_the_label_map_is_sorted_and_a_new_class_shifts_later_indices():
+    processed = prepare.prepare(noise_interim(90, classes=("b", "c")), SETTINGS)
+    assert processed.class_indices == {"b": 0, "c": 1}
+    grown = prepare.prepare(noise_interim(90, classes=("b", "c", "a")), SETTINGS)
+    assert grown.class_indices == {"a": 0, "b": 1, "c": 2}  # documented: sorted order
+
+
+def test_pixels_stay_with_their_labels_in_every_split():
+    interim = noise_interim(90)
     processed = prepare.prepare(interim, SETTINGS)
-    assert processed.class_indices == {"a": 0, "b": 1, "c": 2}
     by_path = {row.path: i for i, row in enumerate(interim.manifest)}
     for name, split in processed.splits.items():
         rows = [row for row in processed.rows if row.split == name]
-        assert len(split.images) == len(split.labels) == len(rows)
-        for row, pixels, label in zip(rows, split.images, split.labels, strict=True):
+        assert len(split.views[0]) == len(split.labels) == len(rows)
+        for row, pixels, label in zip(rows, split.views[0], split.labels, strict=True):
             np.testing.assert_array_equal(pixels, interim.images[by_path[row.path]])
             assert label.argmax() == processed.class_indices[row.label]
 
 
-def test_labels_are_one_column_for_two_classes_and_one_hot_for_more():
-    binary = prepare.encode_labels(np.array([0, 1, 1]), 2)
-    assert binary.dtype == np.float32
-    np.testing.assert_array_equal(binary, [[0], [1], [1]])
-    one_hot = prepare.encode_labels(np.array([2, 0, 1]), 3)
-    np.testing.assert_array_equal(one_hot, [[0, 0, 1], [1, 0, 0], [0, 1, 0]])
+def test_two_views_are_derived_from_the_same_ingested_image(photos):
+    interim = ingest.ingest(photos, RGB_INGEST)
+    views = [
+        {"image_size": [64, 64], "color_mode": "grayscale"},
+        {"image_size": [32, 32], "color_mode": "rgb"},
+    ]
+    processed = prepare.prepare(interim, settings(views=views))
+    gray, colour = processed.splits["train"].views
+    assert gray.shape[1:] == (64, 64, 1) and colour.shape[1:] == (32, 32, 3)
+    first = [row.path for row in interim.manifest].index(
+        next(row.path for row in processed.rows if row.split == "train")
+    )
+    source = Image.fromarray(interim.images[first])
+    np.testing.assert_array_equal(gray[0, :, :, 0], np.asarray(source.convert("L")))
+    np.testing.assert_array_equal(
+        colour[0], np.asarray(source.resize((32, 32), Image.Resampling.BILINEAR))
+    )
+
+
+def test_the_report_counts_each_split_and_class():
+    processed = prepare.prepare(noise_interim(120), SETTINGS)
+    report = processed.report
+    for split, counts in report["splits"].items():
+        assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+        assert counts["total"] == len(processed.splits[split].labels)
+    assert sum(counts["total"] for counts in report["splits"].values()) == 120
+
+
+def test_plots_are_real_pngs(tmp_path):
+    processed = prepare.prepare(noise_interim(60), SETTINGS)
+    for data in (
+        prepare.class_balance_png(processed.report, list(processed.class_indices)),
+        prepare.samples_png(processed),
+    ):
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 100
 
 
 def test_one_class_or_an_empty_test_split_is_an_error_that_says_what_to_do():
     with pytest.raises(PipelineError, match="at least two class folders"):
-        prepare.prepare(_interim(20, classes=("only",)), SETTINGS)
-    with pytest.raises(PipelineError, match="test split is empty .* raise|change prepare"):
-        prepare.prepare(_interim(2), SETTINGS)
+        prepare.prepare(noise_interim(20, classes=("only",)), SETTINGS)
+    with pytest.raises(PipelineError, match="split is empty .* change prepare"):
+        prepare.prepare(noise_interim(2), SETTINGS)
