@@ -269,7 +269,7 @@ def _decode_new(
             results[path] = result
             if result.sha256:
                 fresh.append(result)
-            if len(fresh) >= 512:  # commit as we go: a killed run keeps its progress
+            if len(fresh) >= 128:  # commit as we go: a killed run keeps its progress
                 cache.store(fresh)
                 fresh.clear()
             progress.update()

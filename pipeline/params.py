@@ -81,8 +81,8 @@ class Prepare(_Section):
         total = self.val_fraction + self.test_fraction
         if total >= 1:
             raise ValueError(
-                f"val_fraction + test_fraction = {total:g} leaves nothing to train on; "
-                "allowed: a sum below 1"
+                f"prepare.val_fraction + prepare.test_fraction = {total:g} leaves nothing to "
+                "train on; allowed: a sum below 1"
             )
         return self
 
@@ -132,6 +132,8 @@ def load_params(path: Path) -> Params:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         raise ParamsError(f"{path} is not valid YAML{line}; fix its syntax") from None
+    except RecursionError:
+        raise ParamsError(f"{path} nests too deeply to be a params file") from None
     if not isinstance(data, dict):
         raise ParamsError(
             f"{path} must be a mapping of sections ({', '.join(Params.model_fields)}), "
@@ -160,9 +162,8 @@ def _describe(error: dict, data: dict) -> str:
     # A missing list item ([64] for [height, width]) is a bad value, not a missing key.
     if error["type"] == "missing" and len(location) == len(error["loc"]):
         return f"{key} is missing; add it, allowed: {_allowed(field)}"
-    if error["type"] == "value_error":
-        message = error["msg"].removeprefix("Value error, ")
-        return f"{key}: {message}" if key else message
+    if error["type"] == "value_error":  # our own validators name their keys in full
+        return error["msg"].removeprefix("Value error, ")
     return f"{key} = {_show(_value_at(data, location))} is invalid; allowed: {_allowed(field)}"
 
 

@@ -174,10 +174,17 @@ def prepare(interim: store.Interim, settings: Prepare) -> store.Processed:
         chosen = np.flatnonzero(names == name)
         # An empty validation split is allowed (training then runs without one).
         if len(chosen) == 0 and name != "val":
+            moved = sum(split != first for split, first in zip(splits, natural, strict=True))
+            grouped = (
+                f"; {moved} images moved with their near-duplicate groups, so check "
+                "prepare.near_duplicate_distance"
+                if moved
+                else ""
+            )
             raise PipelineError(
                 f"the {name} split is empty ({len(names)} images with "
                 f"val_fraction={settings.val_fraction}, test_fraction={settings.test_fraction}); "
-                "add images or change prepare.val_fraction / prepare.test_fraction"
+                f"add images or change prepare.val_fraction / prepare.test_fraction{grouped}"
             )
         arrays[name] = store.Split([view[chosen] for view in views], labels[chosen])
     sizes = Counter(groups.tolist())
@@ -262,11 +269,13 @@ def _png(figure) -> bytes:
 
 def run(interim_dir: Path, out: Path, report_dir: Path, settings: Prepare) -> store.Processed:
     processed = prepare(store.read_interim(interim_dir), settings)
+    plots = {
+        "class_balance.png": class_balance_png(processed.report, list(processed.class_indices)),
+        "samples.png": samples_png(processed),
+    }
     store.write_processed(out, processed)
+    store.clear_outputs(report_dir, [*plots, "report.json"])
+    for name, data in plots.items():
+        store.write_bytes(report_dir / name, data)
     store.write_json(report_dir / "report.json", processed.report)
-    store.write_bytes(
-        report_dir / "class_balance.png",
-        class_balance_png(processed.report, list(processed.class_indices)),
-    )
-    store.write_bytes(report_dir / "samples.png", samples_png(processed))
     return processed

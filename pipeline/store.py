@@ -95,12 +95,12 @@ INTERIM_FILES = ("images.npy", "manifest.csv", "quarantine.csv", "duplicates.csv
 
 
 def write_interim(folder: Path, interim: Interim) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    clear_outputs(folder, INTERIM_FILES)
     save_array(folder / "images.npy", interim.images)
     _write_rows(folder / "manifest.csv", ManifestRow, interim.manifest)
     _write_rows(folder / "quarantine.csv", QuarantineRow, interim.quarantine)
     _write_rows(folder / "duplicates.csv", DuplicateRow, interim.duplicates)
-    write_json(folder / "report.json", interim.report)
+    write_json(folder / "report.json", interim.report)  # last: its presence means complete
 
 
 def read_interim(folder: Path) -> Interim:
@@ -114,13 +114,28 @@ def read_interim(folder: Path) -> Interim:
 
 
 def write_processed(folder: Path, processed: Processed) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    arrays = [path.name for path in folder.glob("*.npy")]  # views may be fewer than last time
+    clear_outputs(folder, [*arrays, "labels.json", "splits.csv"])
     for name, split in processed.splits.items():
         for index, view in enumerate(split.views):
             save_array(folder / f"{name}_view{index}.npy", view)
         save_array(folder / f"{name}_labels.npy", split.labels)
     write_json(folder / "labels.json", processed.class_indices)
-    _write_rows(folder / "splits.csv", SplitRow, processed.rows)
+    _write_rows(folder / "splits.csv", SplitRow, processed.rows)  # last: complete when present
+
+
+def clear_outputs(folder: Path, names) -> None:
+    """Remove a stage's previous outputs, and what killed writes left, before writing anew.
+
+    Every file is renamed into place whole, and the stage's last file marks it
+    complete; clearing first means the files present after an interruption are
+    never a mix of two runs.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    for leftover in folder.glob(".*.partial*"):
+        leftover.unlink()
 
 
 def read_split(folder: Path, name: str) -> Split:

@@ -54,7 +54,7 @@ INVALID = {
     ),
     "fractions leave no training data": (
         _with("prepare", "test_fraction", 0.9),
-        ["prepare", "val_fraction + test_fraction", "below 1"],
+        ["prepare.val_fraction + prepare.test_fraction = 1.05", "below 1"],
     ),
     "misspelt key": (_with("train", "epoch", 3), ["train.epoch", "did you mean 'epochs'"]),
     "unknown section": ({**default_params(), "trian": {}}, ["trian", "not a known key"]),
@@ -86,6 +86,13 @@ def test_a_file_that_is_not_yaml_is_reported_with_its_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("base:\n  seed: 1\ntrain: [unclosed\n")
     with pytest.raises(ParamsError, match=r"not valid YAML at line \d"):
+        load_params(path)
+
+
+def test_a_deeply_nested_document_is_refused_not_a_crash(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ParamsError, match="nests too deeply|not valid YAML"):
         load_params(path)
 
 

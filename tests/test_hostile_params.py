@@ -1,0 +1,98 @@
+"""Random and adversarial params.yaml content, thrown at every command.
+
+Whatever the file holds, a command that cannot use it exits with code 2 and
+one line naming the key (or the file), never a traceback, and never creates or
+touches an output.
+"""
+
+import string
+import tempfile
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from pipeline.cli import cli
+from pipeline.params import ParamsError, load_params
+from tests.conftest import default_params
+
+SECTIONS = list(default_params())
+KEYS = [(section, key) for section in SECTIONS for key in default_params()[section]]
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.one_of(st.integers(-5, 5000), st.text(max_size=3)), max_size=3),
+    st.dictionaries(st.text(max_size=6), st.integers(), max_size=2),
+)
+NAMES = st.text(alphabet=string.ascii_lowercase + "_", min_size=1, max_size=12)
+
+
+@st.composite
+def hostile_params(draw) -> tuple[bytes, str]:
+    """(file content, a fragment the error must contain)."""
+    params = default_params()
+    kind = draw(st.sampled_from(["value", "unknown", "missing key", "missing section", "shape"]))
+    if kind == "value":
+        section, key = draw(st.sampled_from(KEYS))
+        params[section][key] = draw(VALUES)
+        return yaml.safe_dump(params).encode(), f"{section}.{key}"
+    if kind == "unknown":
+        section = draw(st.sampled_from(SECTIONS))
+        key = draw(NAMES.filter(lambda name: name not in params[section]))
+        params[section][key] = draw(VALUES)
+        return yaml.safe_dump(params).encode(), f"{section}.{key}"
+    if kind == "missing key":
+        section, key = draw(st.sampled_from(KEYS))
+        del params[section][key]
+        return yaml.safe_dump(params).encode(), f"{section}.{key}"
+    if kind == "missing section":
+        section = draw(st.sampled_from(SECTIONS))
+        del params[section]
+        return yaml.safe_dump(params).encode(), section
+    not_a_mapping = st.one_of(st.lists(VALUES, max_size=3), st.text(max_size=20), st.integers())
+    raw = st.binary(max_size=64).map(lambda data: b"\x00:\n" + data)  # not YAML at all
+    content = draw(st.one_of(not_a_mapping.map(lambda v: yaml.safe_dump(v).encode()), raw))
+    return content, "params.yaml"
+
+
+def command_lines(root: Path) -> dict[str, list[str]]:
+    """Each stage with inputs that exist (empty) and outputs that do not."""
+    for folder in ("raw", "interim", "processed"):
+        (root / folder).mkdir(exist_ok=True)
+    (root / "model.keras").touch()
+    out = str(root / "out")
+    return {
+        "ingest": ["ingest", "--raw", str(root / "raw"), "--out", out, "--no-cache"],
+        "prepare": ["prepare", "--interim", str(root / "interim"), "--out", out,
+                    "--report-dir", out],
+        "train": ["train", "--processed", str(root / "processed"), "--model-out",
+                  f"{out}/m.keras", "--live-dir", out],
+        "evaluate": ["evaluate", "--model", str(root / "model.keras"), "--processed",
+                     str(root / "processed"), "--out", out],
+    }  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=hostile_params(), stage=st.sampled_from(["ingest", "prepare", "train", "evaluate"]))
+def test_every_command_refuses_bad_params_with_exit_2_and_the_key(case, stage):
+    content, fragment = case
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        params = root / "params.yaml"
+        params.write_bytes(content)
+        try:
+            load_params(params)
+            assume(False)  # this mutation happened to be valid
+        except ParamsError:
+            pass
+        result = CliRunner().invoke(cli, ["--params", str(params), *command_lines(root)[stage]])
+        assert result.exit_code == 2, result.output
+        assert isinstance(result.exception, SystemExit)  # no traceback
+        assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+        assert fragment in result.output, result.output
+        assert not (root / "out").exists()
