@@ -285,6 +285,37 @@ def diff(rev_a: str, rev_b: str | None, splits_csv: Path, as_json: bool) -> None
     click.echo(json.dumps(table, indent=2) if as_json else changes.render(table))
 
 
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("-r", "--remote", help="A remote's name. [default: the project's default remote]")
+def push(targets: tuple[str, ...], remote: str | None) -> None:
+    """Upload DVC-tracked data, models and metrics (`dvc push`) to a remote.
+
+    TARGETS are DVC-tracked paths or stages (default: everything). Unlike a
+    bare `dvc push`, a failure names the remote and says what to check.
+    """
+    from pipeline.remote import transfer
+
+    count = transfer("push", targets, remote)
+    click.echo(f"push: {count} files uploaded")
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("-r", "--remote", help="A remote's name. [default: the project's default remote]")
+def pull(targets: tuple[str, ...], remote: str | None) -> None:
+    """Download DVC-tracked data into the work tree (`dvc pull`) from a remote.
+
+    TARGETS are DVC-tracked paths or stages (default: everything); a GPU box
+    that only trains needs just `imgpipe pull data/processed`. A failure names
+    the remote and says what to check.
+    """
+    from pipeline.remote import transfer
+
+    stats = transfer("pull", targets, remote)
+    click.echo(f"pull: {stats.get('fetched', 0)} files downloaded")
+
+
 def main() -> None:
     # Hide TensorFlow's C++ start-up chatter (CUDA probing and the like).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

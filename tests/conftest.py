@@ -87,3 +87,14 @@ def photo_like(seed: int, size=(96, 72)) -> Image.Image:
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "raw")
+
+
+@pytest.fixture(params=["s3", "ssh"])
+def server(request, tmp_path_factory):
+    """Each kind of DVC remote in turn, a real server on 127.0.0.1, stopped after the test."""
+    from tests.servers import SERVERS
+
+    instance = SERVERS[request.param](tmp_path_factory.mktemp(request.param))
+    instance.start()
+    yield instance
+    instance.stop()

@@ -1,0 +1,185 @@
+"""Two machines sharing one project through real S3 (SeaweedFS) and SSH (OpenSSH) remotes.
+
+Machine A ingests and prepares and pushes; machine B, a fresh clone with an
+empty cache, fetches only what training needs, trains and evaluates, and pushes
+back; both end with the same metrics. Each test runs against both servers.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import BIN, FAST, REPO, image_bytes, make_dataset, write_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A clean HOME (no stray ssh known_hosts or dvc config) and a git identity."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }
+
+
+def sh(env, cwd, *command, ok=True) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if ok:
+        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def dvc(env, cwd, *args, ok=True) -> subprocess.CompletedProcess:
+    return sh(env, cwd, BIN / "dvc", *args, ok=ok)
+
+
+def configure_remote(env, clone, server) -> None:
+    """Secrets go to .dvc/config.local only (what `--local` writes)."""
+    for option, value in server.local.items():
+        dvc(env, clone, "remote", "modify", "--local", "store", option, value)
+
+
+def ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture
+def machine_a(tmp_path, env, server):
+    """Machine A: a new project with tracked raw images, a remote, and a shared git origin."""
+    origin = tmp_path / "origin.git"
+    sh(env, tmp_path, "git", "init", "-q", "--bare", "-b", "main", origin)
+    a = tmp_path / "a"
+    shutil.copytree(REPO / "pipeline", a / "pipeline", ignore=shutil.ignore_patterns("__py*"))
+    for name in ["dvc.yaml", ".gitignore"]:
+        shutil.copy(REPO / name, a / name)
+    write_params(a / "params.yaml", **FAST)
+    make_dataset(a / "data" / "raw", per_class=16)
+    sh(env, a, "git", "init", "-q", "-b", "main")
+    sh(env, a, "git", "remote", "add", "origin", origin)
+    dvc(env, a, "init", "-q")
+    dvc(env, a, "remote", "add", "-d", "store", server.url)
+    for option, value in server.config.items():
+        dvc(env, a, "remote", "modify", "store", option, value)
+    dvc(env, a, "remote", "modify", "store", "verify", "true")  # re-hash what is pulled
+    configure_remote(env, a, server)
+    # The raw images are tracked by DVC; git ignores them.
+    (a / ".gitignore").write_text((a / ".gitignore").read_text().replace("/data/raw/\n", ""))
+    dvc(env, a, "add", "-q", "data/raw")
+    return a, origin
+
+
+def commit_and_push(env, clone, message) -> None:
+    sh(env, clone, "git", "add", "-A")
+    sh(env, clone, "git", "commit", "-qm", message)
+    sh(env, clone, "git", "push", "-q", "origin", "main")
+    dvc(env, clone, "push", "-q")
+
+
+def test_two_machines_share_data_model_and_metrics(tmp_path, env, server, machine_a):
+    a, origin = machine_a
+    assert ran(dvc(env, a, "repro", "prepare").stdout) == ["ingest", "prepare"]
+    commit_and_push(env, a, "data v1, prepared")
+    assert "secret" not in (a / ".dvc" / "config").read_text()
+
+    # Machine B: a fresh clone, an empty cache; it fetches only what training needs.
+    b = tmp_path / "b"
+    sh(env, tmp_path, "git", "clone", "-q", origin, b)
+    configure_remote(env, b, server)
+    sh(env, b, BIN / "imgpipe", "pull", "data/processed")
+    assert not (b / "data" / "raw").exists()
+    assert not (b / "data" / "interim" / "images.npy").exists()
+    raw_listing = yaml.safe_load((b / "data" / "raw.dvc").read_text())["outs"][0]["md5"]
+    cached = {p.parent.name + p.name for p in (b / ".dvc" / "cache").rglob("*") if p.is_file()}
+    assert raw_listing not in cached  # not even the raw folder's listing was fetched
+    repro = dvc(env, b, "repro", "--allow-missing").stdout
+    assert ran(repro) == ["train", "evaluate"]
+    commit_and_push(env, b, "trained on B")
+
+    sh(env, a, "git", "pull", "-q", "origin", "main")
+    dvc(env, a, "pull", "-q")
+    shown = [json.loads(dvc(env, m, "metrics", "show", "--json").stdout) for m in (a, b)]
+    assert shown[0] == shown[1]
+    assert "results/evaluate/metrics.json" in json.dumps(shown[0])
+
+    # Growth: A adds images and pushes a new version; B gets it and sees the change.
+    v1 = snapshot(a / "data" / "raw")
+    for index in range(5):
+        (a / "data" / "raw" / "dark" / f"new{index}.png").write_bytes(
+            image_bytes(30, f"grown {index}")
+        )
+    dvc(env, a, "add", "-q", "data/raw")
+    dvc(env, a, "repro")
+    commit_and_push(env, a, "data v2")
+    sh(env, b, "git", "pull", "-q", "origin", "main")
+    dvc(env, b, "pull", "-q", "data/processed")
+    diff = json.loads(sh(env, b, BIN / "imgpipe", "diff", "HEAD~2", "HEAD", "--json").stdout)
+    assert diff["dark"]["added"] == 5 and diff["total"]["moved"] == 0
+
+    # Going back to B's commit (data v1 and all it made): the old data, byte for byte.
+    sh(env, a, "git", "checkout", "-q", "HEAD~1")
+    dvc(env, a, "checkout")
+    assert snapshot(a / "data" / "raw") == v1
+
+
+def test_a_push_to_a_stopped_server_fails_then_completes(tmp_path, env, server, machine_a):
+    a, _ = machine_a
+    sh(env, a, "git", "add", "-A")
+    sh(env, a, "git", "commit", "-qm", "raw data")
+    server.stop()
+    failed = sh(env, a, BIN / "imgpipe", "push", ok=False)
+    assert failed.returncode == 1
+    message = failed.stderr.strip()
+    assert message.startswith(f"Error: push to remote 'store' ({server.url}")
+    assert "check that the server is running" in message and "\n" not in message
+    server.start()
+    assert "files uploaded" in sh(env, a, BIN / "imgpipe", "push").stdout
+    status = dvc(env, a, "status", "--cloud", "--json").stdout
+    assert json.loads(status) == {}  # nothing missing on the remote
+
+
+def test_an_object_corrupted_on_the_remote_is_detected_on_pull(tmp_path, env, server, machine_a):
+    a, origin = machine_a
+    commit_and_push(env, a, "raw data")
+    corrupt_one_object(server, a)
+    b = tmp_path / "b"
+    sh(env, tmp_path, "git", "clone", "-q", origin, b)
+    configure_remote(env, b, server)
+    pulled = dvc(env, b, "pull", ok=False)
+    assert pulled.returncode != 0
+    assert "corrupt" in (pulled.stdout + pulled.stderr).lower()
+
+
+def corrupt_one_object(server, a) -> None:
+    """Overwrite one image's object on the remote, as a failing disk or a bad copy would."""
+    cache = next(p for p in (a / ".dvc" / "cache" / "files" / "md5").rglob("*") if p.is_file()
+                 and not p.name.endswith(".dir"))  # fmt: skip
+    key = f"files/md5/{cache.parent.name}/{cache.name}"
+    if server.url.startswith("s3://"):
+        import s3fs
+
+        fs = s3fs.S3FileSystem(
+            key=server.local["access_key_id"],
+            secret=server.local["secret_access_key"],
+            client_kwargs={"endpoint_url": server.config["endpointurl"]},
+        )
+        fs.pipe(f"dvc/store/{key}", b"not the image any more")
+    else:
+        (server.folder / key).write_bytes(b"not the image any more")
