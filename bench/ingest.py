@@ -1,8 +1,8 @@
 """Ingest against the Keras way of reading an image folder, side by side.
 
-    python bench/ingest.py generate DIR --count 5000 --size 500x375
-    python bench/ingest.py compare DIR [DIR ...] --rounds 3
-    python bench/ingest.py incremental DIR
+    python -m bench.ingest generate DIR --count 5000 --size 500x375
+    python -m bench.ingest compare DIR [DIR ...] --rounds 3
+    python -m bench.ingest incremental DIR
 
 `compare` alternates, round by round, three ways of turning a class-folder
 tree into uint8 arrays at the size and colour mode of params.yaml:
