@@ -290,24 +290,24 @@ def ingest(
     key = settings_key(settings)
     # The cache knows files by absolute path, however the raw folder is reached.
     root = str(raw.resolve())
-    real = [f"{root}/{candidate.path}" for candidate in found.candidates]
+    absolute = [f"{root}/{candidate.path}" for candidate in found.candidates]
     cache = DecodeCache(cache_path, key)
     try:
-        signatures = {path: c.signature for path, c in zip(real, found.candidates, strict=True)}
+        signatures = {path: c.signature for path, c in zip(absolute, found.candidates, strict=True)}
         known = cache.known_hashes(signatures)
         hits = cache.lookup(known.values())
-        results = {path: hits[known[path]] for path in real if known.get(path) in hits}
-        todo = [path for path in real if path not in results]
+        results = {path: hits[known[path]] for path in absolute if known.get(path) in hits}
+        todo = [path for path in absolute if path not in results]
         if todo:
             results |= _decode_new(todo, settings, cache, workers)
         cache.remember_hashes(
             (path, signatures[path], results[path].sha256)
-            for path in real
+            for path in absolute
             if path not in known and results[path].sha256
         )
     finally:
         cache.close()
-    return decide(found, [results[path] for path in real], settings)
+    return decide(found, [results[path] for path in absolute], settings)
 
 
 def decide(found: Scan, decoded: list[Decoded], settings: Ingest) -> store.Interim:

@@ -44,12 +44,12 @@ DCT_32 = _dct_matrix(32)
 
 
 def perceptual_hashes(images: np.ndarray) -> np.ndarray:
-    """(N, 4) uint64: a 256-bit pHash of each (H, W, C) uint8 image.
+    """(N, 4) uint64: a 256-bit perceptual hash (pHash) of each (H, W, C) uint8 image.
 
-    imagehash.phash with hash_size=16, vectorised over the whole array: 32x32
-    grayscale, 2-D DCT, the lowest 16x16 frequencies compared with their median.
-    256 bits rather than 64: on the MNIST demo the 64-bit hash gives different
-    digits identical hashes, and cannot tell a 5% crop from another photo.
+    A pHash as imagehash computes one, vectorised over the whole array: a 32x32
+    grayscale thumbnail, its 2-D DCT, and one bit per frequency of the lowest
+    16x16, set where it is above their median. 256 bits rather than the usual
+    64: on the MNIST demo the 64-bit hash gives different digits identical hashes.
     """
     small = np.stack(
         [

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -87,6 +88,24 @@ def photo_like(seed: int, size=(96, 72)) -> Image.Image:
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "raw")
+
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+def new_project(root: Path) -> Path:
+    """A project as a user starts one: this pipeline, dvc.yaml, fast params, tiny images."""
+    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__py*"))
+    for name in ["dvc.yaml", ".gitignore"]:
+        shutil.copy(REPO / name, root / name)
+    write_params(root / "params.yaml", **FAST)
+    make_dataset(root / "data" / "raw", per_class=16)
+    return root
 
 
 @pytest.fixture(params=["s3", "ssh"])

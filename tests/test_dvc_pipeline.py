@@ -2,23 +2,15 @@
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
 from pipeline.diff import CHANGES
-from tests.conftest import BIN, FAST, REPO, image_bytes, make_dataset, write_params
+from tests.conftest import BIN, GIT_IDENTITY, image_bytes, new_project, write_params
 
 pytestmark = pytest.mark.slow
-
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
 
 
 def run(repo, *command) -> str:
@@ -35,12 +27,7 @@ def ran_stages(output: str) -> list[str]:
 @pytest.fixture
 def repo(tmp_path):
     """A new project: this repository's pipeline and dvc.yaml, tiny data, one commit."""
-    repo = tmp_path / "project"
-    shutil.copytree(REPO / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__py*"))
-    for name in ["dvc.yaml", ".gitignore"]:
-        shutil.copy(REPO / name, repo / name)
-    write_params(repo / "params.yaml", **FAST)
-    make_dataset(repo / "data" / "raw", per_class=16)
+    repo = new_project(tmp_path / "project")
     run(repo, "git", "init", "-q", "-b", "main")
     run(repo, BIN / "dvc", "init", "-q")
     run(repo, "git", "add", "-A")

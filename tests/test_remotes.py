@@ -7,13 +7,12 @@ back; both end with the same metrics. Each test runs against both servers.
 
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from tests.conftest import BIN, FAST, REPO, image_bytes, make_dataset, write_params
+from tests.conftest import BIN, GIT_IDENTITY, image_bytes, new_project
 
 pytestmark = pytest.mark.slow
 
@@ -23,15 +22,7 @@ def env(tmp_path):
     """A clean HOME (no stray ssh known_hosts or dvc config) and a git identity."""
     home = tmp_path / "home"
     home.mkdir()
-    return {
-        **os.environ,
-        "HOME": str(home),
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    }
+    return {**os.environ, **GIT_IDENTITY, "HOME": str(home), "DVC_NO_ANALYTICS": "1"}
 
 
 def sh(env, cwd, *command, ok=True) -> subprocess.CompletedProcess:
@@ -66,12 +57,7 @@ def machine_a(tmp_path, env, server):
     """Machine A: a new project with tracked raw images, a remote, and a shared git origin."""
     origin = tmp_path / "origin.git"
     sh(env, tmp_path, "git", "init", "-q", "--bare", "-b", "main", origin)
-    a = tmp_path / "a"
-    shutil.copytree(REPO / "pipeline", a / "pipeline", ignore=shutil.ignore_patterns("__py*"))
-    for name in ["dvc.yaml", ".gitignore"]:
-        shutil.copy(REPO / name, a / name)
-    write_params(a / "params.yaml", **FAST)
-    make_dataset(a / "data" / "raw", per_class=16)
+    a = new_project(tmp_path / "a")
     sh(env, a, "git", "init", "-q", "-b", "main")
     sh(env, a, "git", "remote", "add", "origin", origin)
     dvc(env, a, "init", "-q")
