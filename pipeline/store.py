@@ -63,6 +63,14 @@ class SplitRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class PredictionRow:
+    """A test image's actual and predicted class, for DVC's confusion-matrix plot."""
+
+    actual: str
+    predicted: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Interim:
     """What ingest produces: pixels plus one manifest row per image."""
 
@@ -152,9 +160,18 @@ def read_class_indices(folder: Path) -> dict[str, int]:
     return read_json(folder / "labels.json")
 
 
+def write_predictions(path: Path, rows: list[PredictionRow]) -> None:
+    _write_rows(path, PredictionRow, rows)
+
+
 def labels_beside(model_path: Path) -> Path:
     """Where train keeps the label map a model was trained with: models/model.labels.json."""
     return model_path.with_name(f"{model_path.stem}.labels.json")
+
+
+def summary_beside(model_path: Path) -> Path:
+    """Where train writes the model's layer table: models/summary.txt."""
+    return model_path.with_name("summary.txt")
 
 
 def read_split_rows(path: Path) -> list[SplitRow]:

@@ -80,4 +80,7 @@ def run(processed: Path, model_path: Path, live_dir: Path, params: Params) -> ke
         model.save(temporary)
     # The label map the model was trained with, so that nothing uses it with another.
     store.write_json(store.labels_beside(model_path), store.read_class_indices(processed))
+    lines = []
+    model.summary(print_fn=lambda text, line_break=False: lines.append(text))
+    store.write_bytes(store.summary_beside(model_path), ("\n".join(lines) + "\n").encode())
     return model

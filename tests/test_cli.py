@@ -104,6 +104,8 @@ def test_the_stages_by_hand_write_every_output(project):
     assert "48 images in 3 classes" in outputs["ingest"]
     assert "48 accepted, 0 quarantined, 0 duplicate, 0 conflict, 0 ignored" in outputs["ingest"]
     assert paths["model"].is_file()
+    summary = (paths["model"].parent / "summary.txt").read_text()
+    assert 'Model: "sequential"' in summary and "Flatten" in summary
 
     live = json.loads((paths["live"] / "metrics.json").read_text())
     assert set(live["train"]) == {"loss", "accuracy"} and set(live["val"]) == {"loss", "accuracy"}
@@ -114,6 +116,14 @@ def test_the_stages_by_hand_write_every_output(project):
     assert metrics["images"] == len(test_split.labels) > 0
     assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
     assert f"test accuracy {metrics['accuracy']:.4f}" in outputs["evaluate"]
+    rows = (paths["results"] / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) - 1 == metrics["images"]
+    pairs = [row.split(",") for row in rows[1:]]
+    for name, scores in metrics["classes"].items():
+        support = sum(actual == name for actual, _ in pairs)
+        hits = sum(actual == predicted == name for actual, predicted in pairs)
+        assert scores["support"] == support
+        assert scores["recall"] == pytest.approx(hits / support if support else 0.0)
 
 
 BAD_PARAMS = {"train": {"epochs": 0}, "ingest": {"color_mode": "sepia"}}

@@ -35,9 +35,11 @@ def test_stage_outputs_are_exactly_what_the_commands_write():
     assert _written("train") == {
         cli.MODEL.as_posix(),
         store.labels_beside(cli.MODEL).as_posix(),
+        store.summary_beside(cli.MODEL).as_posix(),
         f"{cli.LIVE.as_posix()}/metrics.json",
     }
     assert _written("evaluate") == {f"{cli.EVALUATION.as_posix()}/metrics.json"}
+    assert _paths(STAGES["evaluate"]["plots"]) == [f"{cli.EVALUATION.as_posix()}/predictions.csv"]
 
 
 def test_each_stage_reads_only_the_raw_data_or_what_earlier_stages_write():
