@@ -286,6 +286,46 @@ def diff(rev_a: str, rev_b: str | None, splits_csv: Path, as_json: bool) -> None
 
 
 @cli.command()
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--processed",
+    type=_folder(),
+    default=PROCESSED,
+    show_default=True,
+    help="The prepared data whose labels.json the model must have been trained with.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def predict(
+    ctx: click.Context, model_path: Path, paths: tuple[Path, ...], processed: Path, as_json: bool
+) -> None:
+    """Classify image files, or every image in folders, with a trained model.
+
+    Each file is decoded and resized by exactly ingest's code, and its views
+    made by prepare's, with the settings in params.yaml. A model trained with
+    another label map or for other input shapes is refused. Files that are not
+    usable images are listed with the reason, like ingest's quarantine.
+    """
+    params = _params(ctx)
+    import json
+
+    from pipeline.predict import predict as classify
+
+    rows = classify(model_path, processed, list(paths), params)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max([len("file"), *(len(row["file"]) for row in rows)])
+    click.echo(f"{'file':<{width}}  {'label':<16}probability")
+    for row in rows:
+        if row["label"] is None:
+            click.echo(f"{row['file']:<{width}}  quarantined: {row['quarantined']}")
+        else:
+            click.echo(f"{row['file']:<{width}}  {row['label']:<16}{row['probability']:.3f}")
+
+
+@cli.command()
 @click.argument("targets", nargs=-1)
 @click.option("-r", "--remote", help="A remote's name. [default: the project's default remote]")
 def push(targets: tuple[str, ...], remote: str | None) -> None:

@@ -35,7 +35,7 @@ def per_class_scores(actual: np.ndarray, predicted: np.ndarray, names: list[str]
 
 def evaluate(model: keras.Model, test: store.Split, names: list[str]) -> tuple[dict, list]:
     """The metrics, and the actual and predicted class of each test image."""
-    inputs = model_inputs(test, len(model.inputs))
+    inputs = model_inputs(test.views, len(model.inputs))
     results = model.evaluate(inputs, test.labels, batch_size=256, return_dict=True, verbose=0)
     predicted = class_indices_of(model.predict(inputs, batch_size=256, verbose=0))
     actual = class_indices_of(np.asarray(test.labels))
@@ -49,8 +49,8 @@ def evaluate(model: keras.Model, test: store.Split, names: list[str]) -> tuple[d
     return metrics, rows
 
 
-def load_matching_model(model_path: Path, processed: Path, split: store.Split) -> keras.Model:
-    """Load a model, refusing one trained with another label map or input shape."""
+def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) -> keras.Model:
+    """Load a model, refusing one trained with another label map or for other input shapes."""
     trained_with = store.read_json(store.labels_beside(model_path))
     current = store.read_class_indices(processed)
     if trained_with != current:
@@ -60,7 +60,7 @@ def load_matching_model(model_path: Path, processed: Path, split: store.Split) -
         )
     model = keras.saving.load_model(model_path, safe_mode=True)
     wanted = [tuple(shape[1:]) for shape in (i.shape for i in model.inputs)]
-    given = [tuple(view.shape[1:]) for view in split.views[: len(wanted)]]
+    given = [tuple(shape) for shape in shapes[: len(wanted)]]
     if given != wanted:
         raise PipelineError(
             f"{model_path} takes inputs of shape {wanted}, but the prepared images are {given}; "
@@ -71,7 +71,7 @@ def load_matching_model(model_path: Path, processed: Path, split: store.Split) -
 
 def run(model_path: Path, processed: Path, out: Path) -> dict:
     test = store.read_split(processed, "test")
-    model = load_matching_model(model_path, processed, test)
+    model = load_matching_model(model_path, processed, [view.shape[1:] for view in test.views])
     metrics, rows = evaluate(model, test, list(store.read_class_indices(processed)))
     store.clear_outputs(out, ["predictions.csv", "metrics.json"])
     store.write_predictions(out / "predictions.csv", rows)

@@ -340,10 +340,7 @@ def decide(found: Scan, decoded: list[Decoded], settings: Ingest) -> store.Inter
     accepted.sort(key=lambda copy: copy[0])
     duplicates.sort(key=lambda row: row.path)
 
-    height, width = settings.image_size
-    channels = 1 if settings.color_mode == "grayscale" else 3
-    pixels = b"".join(result.pixels for _, _, result in accepted)
-    images = np.frombuffer(pixels, np.uint8).reshape(-1, height, width, channels)  # (N, H, W, C)
+    images = stack_pixels([result for _, _, result in accepted], settings)
     manifest = [
         store.ManifestRow(path, label, r.sha256, r.width, r.height, r.format, r.mode)
         for path, label, r in accepted
@@ -356,6 +353,14 @@ def decide(found: Scan, decoded: list[Decoded], settings: Ingest) -> store.Inter
         "ignored": found.ignored,
     }
     return store.Interim(images, manifest, quarantine, duplicates, _report(verdicts, found))
+
+
+def stack_pixels(results: list[Decoded], settings: Ingest) -> np.ndarray:
+    """The (N, H, W, C) uint8 array of accepted results' pixels, in order."""
+    height, width = settings.image_size
+    channels = 1 if settings.color_mode == "grayscale" else 3
+    pixels = b"".join(result.pixels for result in results)
+    return np.frombuffer(pixels, np.uint8).reshape(-1, height, width, channels)
 
 
 def _report(verdicts: dict[str, list[str]], found: Scan) -> dict:

@@ -34,10 +34,10 @@ class LiveLogger(keras.callbacks.Callback):
         self.live.next_step()
 
 
-def model_inputs(split: store.Split, count: int):
+def model_inputs(views: list[np.ndarray], count: int):
     """The arrays a model with `count` inputs takes: one view, or a list of them."""
-    views = [np.asarray(view) for view in split.views[:count]]
-    return views[0] if count == 1 else views
+    arrays = [np.asarray(view) for view in views[:count]]
+    return arrays[0] if count == 1 else arrays
 
 
 def train(
@@ -55,9 +55,9 @@ def train(
     count = len(model.inputs)
     validation = None
     if len(val_split.labels):
-        validation = (model_inputs(val_split, count), np.asarray(val_split.labels))
+        validation = (model_inputs(val_split.views, count), np.asarray(val_split.labels))
     model.fit(
-        model_inputs(train_split, count),
+        model_inputs(train_split.views, count),
         np.asarray(train_split.labels),
         batch_size=settings.batch_size,
         epochs=settings.epochs,

@@ -233,3 +233,46 @@ def test_multi_input_with_one_view_is_a_params_error(tmp_path):
     result = invoke("--params", params, "train", "--processed", tmp_path)
     assert result.exit_code == 2
     assert "train.model = 'multi_input' needs 2 prepare.views, found 1" in result.output
+
+
+def test_predict_agrees_with_evaluate_on_the_same_images(project):
+    paths, _, _ = project
+    rows = store.read_split_rows(paths["processed"] / "splits.csv")
+    test_files = [paths["raw"] / row.path for row in rows if row.split == "test"]
+    result = invoke("--params", paths["params"], "predict", paths["model"], *test_files,
+                    "--processed", paths["processed"], "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    predicted = [row["label"] for row in json.loads(result.output)]
+    evaluated = (paths["results"] / "predictions.csv").read_text().splitlines()[1:]
+    assert predicted == [line.split(",")[1] for line in evaluated]
+
+
+def test_predict_lists_unusable_files_and_reads_folders(project, tmp_path):
+    paths, _, _ = project
+    folder = tmp_path / "incoming"
+    shutil.copytree(paths["raw"] / "dark", folder)
+    (folder / "broken.png").write_bytes(b"not a picture")
+    (folder / ".DS_Store").write_bytes(b"\0")
+    result = invoke("--params", paths["params"], "predict", paths["model"], folder,
+                    "--processed", paths["processed"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["file", "label", "probability"]
+    assert len(lines) == 1 + 16 + 1  # 16 images and the broken file, not the hidden one
+    assert any("broken.png" in line and "quarantined: UnidentifiedImageError" in line
+               for line in lines)  # fmt: skip
+    probabilities = [float(line.split()[-1]) for line in lines[1:] if "quarantined" not in line]
+    assert all(0.33 <= p <= 1 for p in probabilities)  # the winning class of three
+
+
+def test_predict_refuses_a_model_for_other_input_shapes(project, tmp_path):
+    paths, _, _ = project
+    other = write_params(
+        tmp_path / "params.yaml",
+        ingest={"image_size": [48, 48]},
+        prepare={"views": [{"image_size": [48, 48], "color_mode": "grayscale"}]},
+    )
+    result = invoke("--params", other, "predict", paths["model"], paths["raw"],
+                    "--processed", paths["processed"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "takes inputs of shape [(32, 32, 1)]" in result.output

@@ -1,0 +1,57 @@
+"""Predict: classify image files with a trained model.
+
+Each file goes through exactly the code that made the training data (ingest's
+decode_image, prepare's derive_view) with the settings in params.yaml, and the
+model is refused if its label map or input shapes do not match.
+"""
+
+from pathlib import Path
+
+from pipeline import store
+from pipeline.evaluate import class_indices_of, load_matching_model
+from pipeline.ingest import examine_bytes, stack_pixels
+from pipeline.params import Params
+from pipeline.prepare import derive_view
+from pipeline.train import model_inputs
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files named, and every file under the folders named (hidden ones aside), sorted."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            inside = (p for p in path.rglob("*") if p.is_file())
+            files += sorted(p for p in inside if not p.relative_to(path).as_posix().startswith("."))
+        else:
+            files.append(path)
+    return files
+
+
+def predict(model_path: Path, processed: Path, paths: list[Path], params: Params) -> list[dict]:
+    """One row per file: its label and probability, or why it could not be read as an image."""
+    files = image_files(paths)
+    results = [examine_bytes(file.read_bytes(), params.ingest) for file in files]
+    usable = [result for result in results if result.reason is None]
+    shapes = [
+        (*view.image_size, 1 if view.color_mode == "grayscale" else 3)
+        for view in params.prepare.views
+    ]
+    model = load_matching_model(model_path, processed, shapes)
+    names = list(store.read_json(store.labels_beside(model_path)))
+    predictions = iter([])
+    if usable:
+        images = stack_pixels(usable, params.ingest)
+        views = [derive_view(images, view) for view in params.prepare.views]
+        probabilities = model.predict(model_inputs(views, len(model.inputs)), verbose=0)
+        predictions = zip(class_indices_of(probabilities), probabilities, strict=True)
+    rows = []
+    for file, result in zip(files, results, strict=True):
+        if result.reason is not None:
+            rows.append({"file": str(file), "label": None, "probability": None,
+                         "quarantined": result.reason})  # fmt: skip
+            continue
+        index, row = next(predictions)
+        # One sigmoid unit gives P(class 1); softmax gives each class's probability.
+        probability = (row[0] if index == 1 else 1 - row[0]) if len(row) == 1 else row[index]
+        rows.append({"file": str(file), "label": names[index], "probability": float(probability)})
+    return rows
