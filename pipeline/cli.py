@@ -241,11 +241,17 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     type=_folder(exists=False),
     default=EVALUATION,
     show_default=True,
-    help="Where to write metrics.json.",
+    help="Where to write metrics.json and predictions.csv.",
 )
 @click.pass_context
 def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -> None:
-    """Measure loss and accuracy on the test split into metrics.json."""
+    """Score the trained model on the test split.
+
+    metrics.json gets loss, accuracy and each class's precision, recall, F1 and
+    support (DVC metrics); predictions.csv gets each test image's actual and
+    predicted class, which `dvc plots show` draws as a confusion matrix. A model
+    trained with another label map or for other input shapes is refused.
+    """
     _params(ctx)  # validated like every stage, though evaluation reads no setting yet
     from pipeline import evaluate as stage
 

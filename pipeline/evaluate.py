@@ -51,7 +51,13 @@ def evaluate(model: keras.Model, test: store.Split, names: list[str]) -> tuple[d
 
 def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) -> keras.Model:
     """Load a model, refusing one trained with another label map or for other input shapes."""
-    trained_with = store.read_json(store.labels_beside(model_path))
+    labels = store.labels_beside(model_path)
+    if not labels.exists():
+        raise PipelineError(
+            f"{model_path} has no {labels.name} beside it, so its label map is unknown "
+            "(train was interrupted, or the model was copied alone); train again (dvc repro)"
+        )
+    trained_with = store.read_json(labels)
     current = store.read_class_indices(processed)
     if trained_with != current:
         raise PipelineError(

@@ -76,11 +76,14 @@ def run(processed: Path, model_path: Path, live_dir: Path, params: Params) -> ke
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
         model = train(train_split, val_split, params, [LiveLogger(live)])
+    labels, summary = store.labels_beside(model_path), store.summary_beside(model_path)
+    store.clear_outputs(model_path.parent, [model_path.name, labels.name, summary.name])
     with store.atomic_path(model_path, suffix=".keras") as temporary:
         model.save(temporary)
-    # The label map the model was trained with, so that nothing uses it with another.
-    store.write_json(store.labels_beside(model_path), store.read_class_indices(processed))
     lines = []
     model.summary(print_fn=lambda text, line_break=False: lines.append(text))
-    store.write_bytes(store.summary_beside(model_path), ("\n".join(lines) + "\n").encode())
+    store.write_bytes(summary, ("\n".join(lines) + "\n").encode())
+    # Last, so that a model never stands beside another run's label map: the label map
+    # it was trained with, which evaluate and predict check.
+    store.write_json(labels, store.read_class_indices(processed))
     return model

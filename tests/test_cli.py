@@ -104,6 +104,7 @@ def test_the_stages_by_hand_write_every_output(project):
     assert "48 images in 3 classes" in outputs["ingest"]
     assert "48 accepted, 0 quarantined, 0 duplicate, 0 conflict, 0 ignored" in outputs["ingest"]
     assert paths["model"].is_file()
+    assert not list(paths["model"].parent.glob(".*.partial*"))
     summary = (paths["model"].parent / "summary.txt").read_text()
     assert 'Model: "sequential"' in summary and "Flatten" in summary
 
@@ -169,6 +170,17 @@ def test_evaluate_refuses_a_model_trained_with_another_label_map(project, tmp_pa
     assert result.exit_code == 1
     assert "was trained with the label map" in result.output and "train again" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_a_model_without_its_label_map(project, tmp_path):
+    paths, _, _ = project
+    alone = tmp_path / "model.keras"
+    shutil.copy(paths["model"], alone)
+    result = invoke("--params", paths["params"], "evaluate", "--model", alone,
+                    "--processed", paths["processed"], "--out", tmp_path / "out")  # fmt: skip
+    assert result.exit_code == 1
+    assert "has no model.labels.json beside it" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_evaluate_refuses_a_model_whose_input_shape_differs(project, tmp_path):
