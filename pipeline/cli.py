@@ -210,8 +210,13 @@ def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> N
 def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) -> None:
     """Train the CNN named by train.model (params: base.seed, train).
 
-    Per-epoch loss and accuracy for train and val go to the dvclive folder
-    (`dvc plots show` draws them); the model is saved only when training ends.
+    Batches are read from prepare's memory-mapped arrays in a new order each
+    epoch, drawn from base.seed. train.batch_size counts images per step on all
+    devices together. Per-epoch loss and accuracy for train and val, the epoch
+    time and images per second go to the dvclive folder (`dvc plots show` draws
+    them), and the backend, device and library versions to its params.yaml.
+    The model, summary.txt and architecture.png are saved when training ends.
+    Any Keras 3 backend: set KERAS_BACKEND=jax or torch (default tensorflow).
     """
     params = _params(ctx)
     from pipeline import train as stage
@@ -241,16 +246,20 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     type=_folder(exists=False),
     default=EVALUATION,
     show_default=True,
-    help="Where to write metrics.json and predictions.csv.",
+    help="Where to write metrics.json, predictions.csv, the curves and errors.png.",
 )
 @click.pass_context
 def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -> None:
     """Score the trained model on the test split.
 
-    metrics.json gets loss, accuracy and each class's precision, recall, F1 and
-    support (DVC metrics); predictions.csv gets each test image's actual and
-    predicted class, which `dvc plots show` draws as a confusion matrix. A model
-    trained with another label map or for other input shapes is refused.
+    metrics.json gets loss, accuracy, each class's precision, recall, F1 and
+    support, and the areas under the curves (DVC metrics). predictions.csv gets
+    each test image's actual and predicted class and confidence, which
+    `dvc plots show` draws as a confusion matrix; roc.csv and
+    precision_recall.csv hold the curves (the second class's with two classes,
+    micro-averaged with more); errors.png shows the most confidently wrong test
+    images. A model trained with another label map or for other input shapes is
+    refused.
     """
     _params(ctx)  # validated like every stage, though evaluation reads no setting yet
     from pipeline import evaluate as stage

@@ -1,18 +1,28 @@
-"""Evaluate: loss, accuracy and per-class scores on the test split, and a confusion matrix."""
+"""Evaluate: loss, accuracy, per-class scores, curves and the worst mistakes on the test split."""
 
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from pipeline import store
+from pipeline import figures, store
 from pipeline.errors import PipelineError
-from pipeline.train import model_inputs
+from pipeline.train import Batches
+
+GALLERY_SIZE = 16  # the most confidently wrong test images drawn in errors.png
+OUTPUTS = ("predictions.csv", "roc.csv", "precision_recall.csv", "errors.png", "metrics.json")
 
 
 def class_indices_of(labels: np.ndarray) -> np.ndarray:
     """(N, 1) 0/1 or (N, K) one-hot or probabilities -> (N,) class indices."""
     return (labels[:, 0] > 0.5).astype(int) if labels.shape[1] == 1 else labels.argmax(axis=1)
+
+
+def confidence_of(probabilities: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The probability the model gave each chosen class (one sigmoid unit is P(class 1))."""
+    if probabilities.shape[1] == 1:
+        return np.where(indices == 1, probabilities[:, 0], 1 - probabilities[:, 0])
+    return probabilities[np.arange(len(indices)), indices]
 
 
 def per_class_scores(actual: np.ndarray, predicted: np.ndarray, names: list[str]) -> dict:
@@ -33,25 +43,90 @@ def per_class_scores(actual: np.ndarray, predicted: np.ndarray, names: list[str]
     return scores
 
 
-def evaluate(model: keras.Model, test: store.Split, names: list[str]) -> tuple[dict, list]:
-    """The metrics, and the actual and predicted class of each test image."""
-    inputs = model_inputs(test.views, len(model.inputs))
-    results = model.evaluate(inputs, test.labels, batch_size=256, return_dict=True, verbose=0)
-    predicted = class_indices_of(model.predict(inputs, batch_size=256, verbose=0))
-    actual = class_indices_of(np.asarray(test.labels))
+def curves(labels: np.ndarray, probabilities: np.ndarray, names: list[str]) -> tuple:
+    """ROC and precision-recall points, their areas and what they are of.
+
+    With two classes the curves are the second class's (the positive one of a 0/1
+    label); with more, every class against the rest pooled (micro-average).
+    """
+    from sklearn.metrics import (
+        average_precision_score,
+        precision_recall_curve,
+        roc_auc_score,
+        roc_curve,
+    )
+
+    if labels.shape[1] <= 2:
+        of = names[1]
+        truth, scores = labels[:, -1], probabilities[:, -1]
+    else:
+        of = "each class against the rest (micro-average)"
+        truth, scores = labels.ravel(), probabilities.ravel()
+    summary = {"of": of, "roc_auc": None, "average_precision": None}
+    if len(np.unique(truth)) < 2:  # one class only in the test split: no curve exists
+        return [], [], summary
+    false_positive, true_positive, thresholds = roc_curve(truth, scores)
+    roc = list(
+        map(store.RocPoint, false_positive.tolist(), true_positive.tolist(), thresholds.tolist())
+    )
+    precision, recall, thresholds = precision_recall_curve(truth, scores)
+    # The last point (recall 0, precision 1) has no threshold: above every score.
+    thresholds = [*thresholds.tolist(), float("inf")]
+    pr = list(map(store.PrecisionRecallPoint, recall.tolist(), precision.tolist(), thresholds))
+    summary["roc_auc"] = float(roc_auc_score(truth, scores))
+    summary["average_precision"] = float(average_precision_score(truth, scores))
+    return roc, pr, summary
+
+
+def worst_mistakes(rows: list[store.PredictionRow], count: int = GALLERY_SIZE) -> list[int]:
+    """Indices of the wrong predictions made with the highest confidence, worst first."""
+    wrong = [i for i, row in enumerate(rows) if row.actual != row.predicted]
+    return sorted(wrong, key=lambda i: -rows[i].confidence)[:count]
+
+
+def errors_png(images: np.ndarray, rows: list[store.PredictionRow]) -> bytes:
+    """The most confidently wrong test images, four to a row."""
+    worst = worst_mistakes(rows)
+    if not worst:
+        return figures.message("No test image was misclassified.")
+    lines = [worst[start : start + 4] for start in range(0, len(worst), 4)]
+    titles = [
+        [f"{rows[i].actual} → {rows[i].predicted} {rows[i].confidence:.2f}\n"
+         f"{Path(rows[i].path).name[:24]}" for i in line]
+        for line in lines
+    ]  # fmt: skip
+    cells = [[images[i] for i in line] for line in lines]
+    return figures.image_grid(cells, "Most confidently wrong test images", cell_titles=titles)
+
+
+def evaluate(
+    model: keras.Model, test: store.Split, names: list[str], paths: list[str]
+) -> tuple[dict, list[store.PredictionRow], tuple]:
+    """The metrics, one prediction row per test image (in split order), and the curves."""
+    batches = Batches(test, len(model.inputs), batch_size=256)
+    results = model.evaluate(batches, return_dict=True, verbose=0)
+    probabilities = model.predict(batches, verbose=0).astype(np.float64)
+    labels = np.asarray(test.labels)
+    predicted, actual = class_indices_of(probabilities), class_indices_of(labels)
+    confidence = confidence_of(probabilities, predicted)
+    roc, pr, areas = curves(labels, probabilities, names)
     metrics = {
         "accuracy": float(results["accuracy"]),
         "loss": float(results["loss"]),
-        "images": len(test.labels),
+        "images": len(labels),
         "classes": per_class_scores(actual, predicted, names),
+        "curves": areas,
     }
-    rows = [store.PredictionRow(names[a], names[p]) for a, p in zip(actual, predicted, strict=True)]
-    return metrics, rows
+    rows = [
+        store.PredictionRow(path, names[a], names[p], round(float(c), 6))
+        for path, a, p, c in zip(paths, actual, predicted, confidence, strict=True)
+    ]
+    return metrics, rows, (roc, pr)
 
 
 def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) -> keras.Model:
     """Load a model, refusing one trained with another label map or for other input shapes."""
-    labels = store.labels_beside(model_path)
+    labels = store.beside_model(model_path)["labels"]
     if not labels.exists():
         raise PipelineError(
             f"{model_path} has no {labels.name} beside it, so its label map is unknown "
@@ -78,8 +153,15 @@ def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) 
 def run(model_path: Path, processed: Path, out: Path) -> dict:
     test = store.read_split(processed, "test")
     model = load_matching_model(model_path, processed, [view.shape[1:] for view in test.views])
-    metrics, rows = evaluate(model, test, list(store.read_class_indices(processed)))
-    store.clear_outputs(out, ["predictions.csv", "metrics.json"])
+    paths = [
+        row.path for row in store.read_split_rows(processed / "splits.csv") if row.split == "test"
+    ]
+    names = list(store.read_class_indices(processed))
+    metrics, rows, (roc, pr) = evaluate(model, test, names, paths)
+    store.clear_outputs(out, OUTPUTS)
     store.write_predictions(out / "predictions.csv", rows)
-    store.write_json(out / "metrics.json", metrics)
+    store.write_curve(out / "roc.csv", store.RocPoint, roc)
+    store.write_curve(out / "precision_recall.csv", store.PrecisionRecallPoint, pr)
+    store.write_bytes(out / "errors.png", errors_png(test.views[0], rows))
+    store.write_json(out / "metrics.json", metrics)  # last: complete when present
     return metrics

@@ -3,16 +3,24 @@
 Every model takes uint8 pixels and scales them itself (a Rescaling layer), so
 stored data stays uint8 and prediction can never skip the scaling. The output
 layer follows the labels: one sigmoid unit for a 0/1 column, softmax over a
-one-hot encoding otherwise.
+one-hot encoding otherwise. Augmentation layers, when params ask for them, come
+right after the scaling; Keras runs them in training only.
 """
 
 import keras
 from keras import layers
 
+from pipeline.params import Augment
+
 INPUTS = {"sequential": 1, "functional": 1, "shared_input": 1, "multi_input": 2}
 
 
-def build_model(name: str, input_shapes: list[tuple[int, int, int]], units: int) -> keras.Model:
+def build_model(
+    name: str,
+    input_shapes: list[tuple[int, int, int]],
+    units: int,
+    augment: Augment | None = None,
+) -> keras.Model:
     """Build (uncompiled) the model `name` for (H, W, C) uint8 inputs and `units` outputs."""
     builders = {
         "sequential": _sequential,
@@ -21,18 +29,41 @@ def build_model(name: str, input_shapes: list[tuple[int, int, int]], units: int)
         "multi_input": _multi_input,
     }
     shapes = input_shapes[: INPUTS[name]]
-    return builders[name](*shapes, units=units)
+    return builders[name](*shapes, units=units, augment=augment)
+
+
+def _augmentation(augment: Augment | None) -> list[layers.Layer]:
+    if augment is None:
+        return []
+    chosen = []
+    if augment.horizontal_flip:
+        chosen.append(layers.RandomFlip("horizontal"))
+    if augment.zoom:
+        chosen.append(layers.RandomZoom(augment.zoom))
+    if augment.shift:
+        chosen.append(layers.RandomTranslation(augment.shift, augment.shift))
+    return chosen
+
+
+def _scaled(inputs, augment: Augment | None):
+    x = layers.Rescaling(1 / 255)(inputs)
+    for layer in _augmentation(augment):
+        x = layer(x)
+    return x
 
 
 def _output(units: int) -> layers.Dense:
-    return layers.Dense(units, activation="sigmoid" if units == 1 else "softmax", name="output")
+    # float32 even under mixed precision: softmax and the loss need its range.
+    activation = "sigmoid" if units == 1 else "softmax"
+    return layers.Dense(units, activation=activation, dtype="float32", name="output")
 
 
-def _sequential(input_shape, units) -> keras.Model:
+def _sequential(input_shape, units, augment) -> keras.Model:
     return keras.Sequential(
         [
             keras.Input(shape=input_shape, dtype="uint8"),
             layers.Rescaling(1 / 255),
+            *_augmentation(augment),
             layers.Conv2D(32, 3, activation="relu"),
             layers.MaxPooling2D(2),
             layers.Conv2D(32, 3, activation="relu"),
@@ -45,9 +76,9 @@ def _sequential(input_shape, units) -> keras.Model:
     )
 
 
-def _functional(input_shape, units) -> keras.Model:
+def _functional(input_shape, units, augment) -> keras.Model:
     inputs = keras.Input(shape=input_shape, dtype="uint8")
-    x = layers.Rescaling(1 / 255)(inputs)
+    x = _scaled(inputs, augment)
     x = layers.Conv2D(32, 4, activation="relu")(x)
     x = layers.MaxPooling2D(2)(x)
     x = layers.Conv2D(16, 4, activation="relu")(x)
@@ -57,10 +88,10 @@ def _functional(input_shape, units) -> keras.Model:
     return keras.Model(inputs, _output(units)(x), name="functional")
 
 
-def _shared_input(input_shape, units) -> keras.Model:
+def _shared_input(input_shape, units, augment) -> keras.Model:
     """Two branches with different kernel sizes read the same input."""
     inputs = keras.Input(shape=input_shape, dtype="uint8")
-    scaled = layers.Rescaling(1 / 255)(inputs)
+    scaled = _scaled(inputs, augment)
     branches = []
     for filters, kernel_size in ((32, 4), (16, 8)):
         x = layers.Conv2D(filters, kernel_size, activation="relu")(scaled)
@@ -71,12 +102,15 @@ def _shared_input(input_shape, units) -> keras.Model:
     return keras.Model(inputs, _output(units)(x), name="shared_input")
 
 
-def _multi_input(gray_shape, colour_shape, units) -> keras.Model:
-    """Two views of the same image, each through its own convolutions, then merged."""
+def _multi_input(gray_shape, colour_shape, units, augment) -> keras.Model:
+    """Two views of the same image, each through its own convolutions, then merged.
+
+    Each view is augmented on its own draw, so a flip may differ between them.
+    """
     inputs = [keras.Input(shape=shape, dtype="uint8") for shape in (gray_shape, colour_shape)]
     branches = []
     for view in inputs:
-        x = layers.Rescaling(1 / 255)(view)
+        x = _scaled(view, augment)
         x = layers.Conv2D(32, 4, activation="relu")(x)
         x = layers.MaxPooling2D(2)(x)
         x = layers.Conv2D(16, 4, activation="relu")(x)
@@ -88,7 +122,9 @@ def _multi_input(gray_shape, colour_shape, units) -> keras.Model:
     return keras.Model(inputs, _output(units)(x), name="multi_input")
 
 
-def compile_model(model: keras.Model, units: int, learning_rate: float) -> None:
+def compile_model(
+    model: keras.Model, units: int, learning_rate: float, steps_per_execution: int = 1
+) -> None:
     if units == 1:
         loss, accuracy = "binary_crossentropy", keras.metrics.BinaryAccuracy(name="accuracy")
     else:
@@ -100,4 +136,5 @@ def compile_model(model: keras.Model, units: int, learning_rate: float) -> None:
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss=loss,
         metrics=[accuracy],
+        steps_per_execution=steps_per_execution,
     )

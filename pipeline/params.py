@@ -87,11 +87,36 @@ class Prepare(_Section):
         return self
 
 
+class Augment(_Section):
+    """Random changes to training images; Keras preprocessing layers, off at inference."""
+
+    horizontal_flip: bool = Field(description="true or false")
+    zoom: float = Field(ge=0, le=0.9, description="0 (off) to 0.9: the most the size changes")
+    shift: float = Field(
+        ge=0, le=0.5, description="0 (off) to 0.5: the most, as a fraction of the size"
+    )
+
+
+class EarlyStopping(_Section):
+    patience: int = Field(
+        ge=0, le=10_000, description="0 (off), or epochs without a better val loss before stopping"
+    )
+    restore_best_weights: bool = Field(description="true or false")
+
+
 class Train(_Section):
     model: Literal[MODEL_NAMES] = Field(description="one of " + ", ".join(MODEL_NAMES))
     epochs: int = Field(ge=1, le=10_000, description="an integer from 1 to 10000")
-    batch_size: int = Field(ge=1, le=65_536, description="an integer from 1 to 65536")
+    batch_size: int = Field(
+        ge=1, le=65_536, description="an integer from 1 to 65536 (images per step, all devices)"
+    )
     learning_rate: float = Field(gt=0, le=10, description="a number above 0 and at most 10")
+    steps_per_execution: int = Field(ge=1, le=10_000, description="an integer from 1 to 10000")
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        description="auto (mixed_float16 on a GPU only), on or off"
+    )
+    augment: Augment
+    early_stopping: EarlyStopping
 
 
 class Params(_Section):

@@ -8,11 +8,10 @@ model is refused if its label map or input shapes do not match.
 from pathlib import Path
 
 from pipeline import store
-from pipeline.evaluate import class_indices_of, load_matching_model
+from pipeline.evaluate import class_indices_of, confidence_of, load_matching_model
 from pipeline.ingest import examine_bytes, stack_pixels
 from pipeline.params import Params
 from pipeline.prepare import derive_view
-from pipeline.train import model_inputs
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -37,21 +36,21 @@ def predict(model_path: Path, processed: Path, paths: list[Path], params: Params
         for view in params.prepare.views
     ]
     model = load_matching_model(model_path, processed, shapes)
-    names = list(store.read_json(store.labels_beside(model_path)))
+    names = list(store.read_json(store.beside_model(model_path)["labels"]))
     predictions = iter([])
     if usable:
         images = stack_pixels(usable, params.ingest)
         views = [derive_view(images, view) for view in params.prepare.views]
-        probabilities = model.predict(model_inputs(views, len(model.inputs)), verbose=0)
-        predictions = zip(class_indices_of(probabilities), probabilities, strict=True)
+        inputs = views[: len(model.inputs)]
+        probabilities = model.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0)
+        indices = class_indices_of(probabilities)
+        predictions = zip(indices, confidence_of(probabilities, indices), strict=True)
     rows = []
     for file, result in zip(files, results, strict=True):
         if result.reason is not None:
             rows.append({"file": str(file), "label": None, "probability": None,
                          "quarantined": result.reason})  # fmt: skip
             continue
-        index, row = next(predictions)
-        # One sigmoid unit gives P(class 1); softmax gives each class's probability.
-        probability = (row[0] if index == 1 else 1 - row[0]) if len(row) == 1 else row[index]
+        index, probability = next(predictions)
         rows.append({"file": str(file), "label": names[index], "probability": float(probability)})
     return rows

@@ -9,14 +9,13 @@ into train.
 """
 
 import hashlib
-import io
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pipeline import store
+from pipeline import figures, store
 from pipeline.errors import PipelineError
 from pipeline.params import Prepare, View
 
@@ -224,9 +223,7 @@ def _report(rows, classes, pairs, sizes: Counter, leaked: int) -> dict:
 
 def class_balance_png(report: dict, classes: list[str]) -> bytes:
     """Images per class in each split, as horizontal bars."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 1.2 + 0.35 * len(classes) * 1.5), layout="constrained")
+    figure = figures.new_figure(7, 1.2 + 0.35 * len(classes) * 1.5)
     axes = figure.subplots()
     positions = np.arange(len(classes))
     for offset, split in enumerate(store.SPLITS):
@@ -237,34 +234,22 @@ def class_balance_png(report: dict, classes: list[str]) -> bytes:
     axes.set_xlabel("images")
     figure.suptitle("Class balance per split")
     figure.legend(loc="outside upper center", ncols=len(store.SPLITS))
-    return _png(figure)
+    return figures.png(figure)
 
 
 def samples_png(processed: store.Processed, per_class: int = 8, max_classes: int = 20) -> bytes:
     """A grid of the first training images of each class (first view), one row per class."""
-    from matplotlib.figure import Figure
-
     train = processed.splits["train"]
     labels = [row.label for row in processed.rows if row.split == "train"]
     classes = list(processed.class_indices)[:max_classes]
-    figure = Figure(figsize=(per_class * 1.1, len(classes) * 1.2), layout="constrained")
-    grid = figure.subplots(len(classes), per_class, squeeze=False)
-    for row_axes, name in zip(grid, classes, strict=True):
-        chosen = [i for i, label in enumerate(labels) if label == name][:per_class]
-        for column, axes in enumerate(row_axes):
-            axes.set_axis_off()
-            if column < len(chosen):
-                image = train.views[0][chosen[column]]
-                axes.imshow(image.squeeze(), cmap="gray" if image.shape[2] == 1 else None)
-        row_axes[0].set_title(name, loc="left", fontsize=9)
-    figure.suptitle("Training samples per class")
-    return _png(figure)
-
-
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, metadata={"Software": None})
-    return buffer.getvalue()
+    rows = [
+        [
+            train.views[0][i]
+            for i in [i for i, label in enumerate(labels) if label == name][:per_class]
+        ]
+        for name in classes
+    ]
+    return figures.image_grid(rows, "Training samples per class", row_titles=classes)
 
 
 def run(interim_dir: Path, out: Path, report_dir: Path, settings: Prepare) -> store.Processed:

@@ -66,8 +66,24 @@ class SplitRow:
 class PredictionRow:
     """A test image's actual and predicted class, for DVC's confusion-matrix plot."""
 
+    path: str
     actual: str
     predicted: str
+    confidence: float  # the probability the model gave the class it predicted
+
+
+@dataclasses.dataclass(frozen=True)
+class RocPoint:
+    false_positive_rate: float
+    true_positive_rate: float
+    threshold: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionRecallPoint:
+    recall: float
+    precision: float
+    threshold: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,14 +180,19 @@ def write_predictions(path: Path, rows: list[PredictionRow]) -> None:
     _write_rows(path, PredictionRow, rows)
 
 
-def labels_beside(model_path: Path) -> Path:
-    """Where train keeps the label map a model was trained with: models/model.labels.json."""
-    return model_path.with_name(f"{model_path.stem}.labels.json")
+def write_curve(path: Path, point_type: type, points: list) -> None:
+    """A curve for `dvc plots show`: RocPoint or PrecisionRecallPoint rows."""
+    _write_rows(path, point_type, points)
 
 
-def summary_beside(model_path: Path) -> Path:
-    """Where train writes the model's layer table: models/summary.txt."""
-    return model_path.with_name("summary.txt")
+def beside_model(model_path: Path) -> dict[str, Path]:
+    """What train writes beside models/model.keras: its label map (which evaluate and
+    predict check), its layer table and its architecture drawing."""
+    return {
+        "labels": model_path.with_name(f"{model_path.stem}.labels.json"),
+        "summary": model_path.with_name("summary.txt"),
+        "architecture": model_path.with_name("architecture.png"),
+    }
 
 
 def read_split_rows(path: Path) -> list[SplitRow]:

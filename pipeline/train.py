@@ -1,30 +1,82 @@
-"""Train: fit the model named in params on the prepared arrays, logging with dvclive."""
+"""Train: fit the model named in params on the prepared arrays, logging with dvclive.
 
+Only Keras 3 APIs: the same code runs on the tensorflow, jax and torch backends
+(KERAS_BACKEND). Batches are read from the memory-mapped arrays as training
+goes, so a data set larger than memory trains too.
+"""
+
+import math
 import sys
+import time
+from importlib import metadata
 from pathlib import Path
 
 import keras
 import numpy as np
 from dvclive import Live
 
-from pipeline import store
+from pipeline import figures, store
 from pipeline.models import build_model, compile_model
 from pipeline.params import Params
 
 
+class Batches(keras.utils.PyDataset):
+    """Batches of one split, in a new order each epoch drawn from the seed (None: in order)."""
+
+    def __init__(self, split: store.Split, inputs: int, batch_size: int, seed: int | None = None):
+        super().__init__()
+        self.views, self.labels = split.views[:inputs], split.labels
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        count = len(self.labels)
+        if self.seed is None:
+            return np.arange(count)
+        return np.random.default_rng([self.seed, self.epoch]).permutation(count)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        # Sorted, so a batch reads the memory map front to back; order within a batch
+        # does not change the gradient.
+        chosen = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        pixels = [view[chosen] for view in self.views]
+        return (pixels[0] if len(pixels) == 1 else tuple(pixels)), self.labels[chosen]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()
+
+
 class LiveLogger(keras.callbacks.Callback):
-    """Log every epoch's metrics to dvclive.
+    """Log every epoch's metrics, its training time and images per second to dvclive.
 
     dvclive ships a Keras callback, but it subclasses tf.keras and imports
     TensorFlow, which would tie training to one backend.
     """
 
-    def __init__(self, live: Live):
+    def __init__(self, live: Live, images_per_epoch: int):
         super().__init__()
-        self.live = live
+        self.live, self.images = live, images_per_epoch
+        self.started = self.trained = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started, self.trained = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):  # validation: the training part of the epoch is over
+        if self.started is not None and self.trained is None:
+            self.trained = time.perf_counter() - self.started
 
     def on_epoch_end(self, epoch, logs=None):
-        for name, value in (logs or {}).items():
+        seconds = self.trained or time.perf_counter() - self.started
+        logs = {
+            **(logs or {}),
+            "epoch_seconds": seconds,
+            "images_per_second": self.images / seconds,
+        }
+        for name, value in logs.items():
             # "val_loss" -> "val/loss", "loss" -> "train/loss": one plot file per split.
             if name.startswith("val_"):
                 name = "val/" + name.removeprefix("val_")
@@ -34,10 +86,30 @@ class LiveLogger(keras.callbacks.Callback):
         self.live.next_step()
 
 
-def model_inputs(views: list[np.ndarray], count: int):
-    """The arrays a model with `count` inputs takes: one view, or a list of them."""
-    arrays = [np.asarray(view) for view in views[:count]]
-    return arrays[0] if count == 1 else arrays
+def device_kind() -> str:
+    """'gpu', 'tpu' or 'cpu': what the backend computes on."""
+    if keras.backend.backend() == "torch":  # Keras lists devices for jax and tensorflow only
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return keras.distribution.list_devices()[0].split(":")[0].lower()
+
+
+def dtype_policy(setting: str, device: str) -> str:
+    """train.mixed_precision -> Keras dtype policy; 'auto' halves precision on a GPU only."""
+    mixed = setting == "on" or (setting == "auto" and device == "gpu")
+    return "mixed_float16" if mixed else "float32"
+
+
+def environment(policy: str) -> dict:
+    """What ran the training, for dvclive's params: backend, device, library versions."""
+    backend = keras.backend.backend()
+    return {
+        "backend": backend,
+        "device": device_kind(),
+        "dtype_policy": policy,
+        "versions": {name: metadata.version(name) for name in ("keras", backend, "numpy", "dvc")},
+    }
 
 
 def train(
@@ -49,20 +121,29 @@ def train(
     """Build, compile and fit the model; pure apart from the callbacks."""
     keras.utils.set_random_seed(params.base.seed)
     settings = params.train
+    keras.config.set_dtype_policy(dtype_policy(settings.mixed_precision, device_kind()))
     units = train_split.labels.shape[1]
-    model = build_model(settings.model, [view.shape[1:] for view in train_split.views], units)
-    compile_model(model, units, settings.learning_rate)
-    count = len(model.inputs)
+    shapes = [view.shape[1:] for view in train_split.views]
+    model = build_model(settings.model, shapes, units, settings.augment)
+    compile_model(model, units, settings.learning_rate, settings.steps_per_execution)
+    inputs = len(model.inputs)
     validation = None
     if len(val_split.labels):
-        validation = (model_inputs(val_split.views, count), np.asarray(val_split.labels))
+        validation = Batches(val_split, inputs, settings.batch_size)
+    stopping = settings.early_stopping
+    if stopping.patience:
+        callbacks = [
+            *callbacks,
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss" if validation else "loss",
+                patience=stopping.patience,
+                restore_best_weights=stopping.restore_best_weights,
+            ),
+        ]
     model.fit(
-        model_inputs(train_split.views, count),
-        np.asarray(train_split.labels),
-        batch_size=settings.batch_size,
+        Batches(train_split, inputs, settings.batch_size, seed=params.base.seed),
         epochs=settings.epochs,
         validation_data=validation,
-        shuffle=True,
         callbacks=callbacks,
         # A progress bar on a terminal, one line per epoch in logs.
         verbose=1 if sys.stdout.isatty() else 2,
@@ -70,20 +151,37 @@ def train(
     return model
 
 
+def architecture_png(model: keras.Model, path: Path) -> str | None:
+    """Draw the model with keras.utils.plot_model; without graphviz, say so in the image."""
+    try:
+        with store.atomic_path(path, suffix=".png") as temporary:
+            keras.utils.plot_model(model, to_file=str(temporary), show_shapes=True, dpi=72)
+        return None
+    except ImportError:
+        problem = "plot_model needs graphviz: install it (apt install graphviz) and train again"
+        store.write_bytes(path, figures.message(problem))
+        return problem
+
+
 def run(processed: Path, model_path: Path, live_dir: Path, params: Params) -> keras.Model:
     train_split = store.read_split(processed, "train")
     val_split = store.read_split(processed, "val")
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
-        model = train(train_split, val_split, params, [LiveLogger(live)])
-    labels, summary = store.labels_beside(model_path), store.summary_beside(model_path)
-    store.clear_outputs(model_path.parent, [model_path.name, labels.name, summary.name])
+        live.log_params(environment(dtype_policy(params.train.mixed_precision, device_kind())))
+        model = train(train_split, val_split, params, [LiveLogger(live, len(train_split.labels))])
+    beside = store.beside_model(model_path)
+    store.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
     with store.atomic_path(model_path, suffix=".keras") as temporary:
         model.save(temporary)
     lines = []
     model.summary(print_fn=lambda text, line_break=False: lines.append(text))
-    store.write_bytes(summary, ("\n".join(lines) + "\n").encode())
+    store.write_bytes(beside["summary"], ("\n".join(lines) + "\n").encode())
+    if problem := architecture_png(model, beside["architecture"]):
+        print(
+            f"train: warning: {beside['architecture']} is a placeholder: {problem}", file=sys.stderr
+        )
     # Last, so that a model never stands beside another run's label map: the label map
     # it was trained with, which evaluate and predict check.
-    store.write_json(labels, store.read_class_indices(processed))
+    store.write_json(beside["labels"], store.read_class_indices(processed))
     return model

@@ -1,17 +1,20 @@
 """The click commands, run as a user runs them."""
 
+import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from pipeline import store
 from pipeline.cli import cli
-from tests.conftest import FAST, REPO, make_dataset, write_params
+from tests.conftest import BIN, FAST, REPO, make_dataset, write_params
 
 STAGES = ["ingest", "prepare", "train", "evaluate"]
 
@@ -105,26 +108,50 @@ def test_the_stages_by_hand_write_every_output(project):
     assert "48 accepted, 0 quarantined, 0 duplicate, 0 conflict, 0 ignored" in outputs["ingest"]
     assert paths["model"].is_file()
     assert not list(paths["model"].parent.glob(".*.partial*"))
-    summary = (paths["model"].parent / "summary.txt").read_text()
+    beside = store.beside_model(paths["model"])
+    summary = beside["summary"].read_text()
     assert 'Model: "sequential"' in summary and "Flatten" in summary
+    assert beside["architecture"].read_bytes().startswith(PNG)
+    assert "is a placeholder" not in outputs["train"]  # graphviz is installed here
 
     live = json.loads((paths["live"] / "metrics.json").read_text())
-    assert set(live["train"]) == {"loss", "accuracy"} and set(live["val"]) == {"loss", "accuracy"}
+    assert set(live["train"]) == {"loss", "accuracy", "epoch_seconds", "images_per_second"}
+    assert set(live["val"]) == {"loss", "accuracy"}
+    assert live["train"]["images_per_second"] > 0
     assert (paths["live"] / "plots" / "metrics" / "val" / "loss.tsv").is_file()
+    ran_on = yaml.safe_load((paths["live"] / "params.yaml").read_text())
+    assert ran_on["backend"] == "tensorflow" and ran_on["device"] == "cpu"
+    assert ran_on["dtype_policy"] == "float32"  # mixed_precision: auto, and no GPU
+    assert set(ran_on["versions"]) == {"keras", "tensorflow", "numpy", "dvc"}
 
     metrics = json.loads((paths["results"] / "metrics.json").read_text())
     test_split = store.read_split(paths["processed"], "test")
     assert metrics["images"] == len(test_split.labels) > 0
     assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
     assert f"test accuracy {metrics['accuracy']:.4f}" in outputs["evaluate"]
-    rows = (paths["results"] / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "actual,predicted" and len(rows) - 1 == metrics["images"]
-    pairs = [row.split(",") for row in rows[1:]]
+    rows = predictions(paths["results"])
+    assert len(rows) == metrics["images"]
+    test_rows = store.read_split_rows(paths["processed"] / "splits.csv")
+    assert [r["path"] for r in rows] == [r.path for r in test_rows if r.split == "test"]
     for name, scores in metrics["classes"].items():
-        support = sum(actual == name for actual, _ in pairs)
-        hits = sum(actual == predicted == name for actual, predicted in pairs)
+        support = sum(row["actual"] == name for row in rows)
+        hits = sum(row["actual"] == row["predicted"] == name for row in rows)
         assert scores["support"] == support
         assert scores["recall"] == pytest.approx(hits / support if support else 0.0)
+    # Three classes: the curves pool each class against the rest.
+    assert metrics["curves"]["of"].startswith("each class against the rest")
+    assert 0 <= metrics["curves"]["roc_auc"] <= 1
+    roc = (paths["results"] / "roc.csv").read_text().splitlines()
+    assert roc[0] == "false_positive_rate,true_positive_rate,threshold" and len(roc) > 2
+    assert (paths["results"] / "errors.png").read_bytes().startswith(PNG)
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def predictions(results) -> list[dict]:
+    with (results / "predictions.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
 
 
 BAD_PARAMS = {"train": {"epochs": 0}, "ingest": {"color_mode": "sepia"}}
@@ -254,9 +281,12 @@ def test_predict_agrees_with_evaluate_on_the_same_images(project):
     result = invoke("--params", paths["params"], "predict", paths["model"], *test_files,
                     "--processed", paths["processed"], "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
-    predicted = [row["label"] for row in json.loads(result.output)]
-    evaluated = (paths["results"] / "predictions.csv").read_text().splitlines()[1:]
-    assert predicted == [line.split(",")[1] for line in evaluated]
+    predicted = json.loads(result.output)
+    evaluated = predictions(paths["results"])
+    assert [row["label"] for row in predicted] == [row["predicted"] for row in evaluated]
+    assert [row["probability"] for row in predicted] == pytest.approx(
+        [float(row["confidence"]) for row in evaluated], abs=1e-5
+    )
 
 
 def test_predict_lists_unusable_files_and_reads_folders(project, tmp_path):
@@ -288,3 +318,48 @@ def test_predict_refuses_a_model_for_other_input_shapes(project, tmp_path):
                     "--processed", paths["processed"])  # fmt: skip
     assert result.exit_code == 1
     assert "takes inputs of shape [(32, 32, 1)]" in result.output
+
+
+def _train_and_evaluate(project, folder, env=None) -> dict:
+    """Train and evaluate again on the project's prepared data, into `folder`."""
+    paths, _, _ = project
+    model, live, results = folder / "model.keras", folder / "live", folder / "results"
+    for args in (
+        ["train", "--processed", paths["processed"], "--model-out", model, "--live-dir", live],
+        ["evaluate", "--model", model, "--processed", paths["processed"], "--out", results],
+    ):
+        command = [BIN / "imgpipe", "--params", paths["params"], *args]
+        done = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True,
+                              text=True)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    return {"model": model, "live": live, "results": results}
+
+
+def test_the_same_data_params_and_seed_give_the_same_metrics_on_cpu(project, tmp_path):
+    paths, _, _ = project
+    again = _train_and_evaluate(project, tmp_path)
+    for name in ["metrics.json", "predictions.csv", "roc.csv", "precision_recall.csv"]:
+        assert (again["results"] / name).read_bytes() == (paths["results"] / name).read_bytes()
+    first, second = (json.loads((live / "metrics.json").read_text())
+                     for live in (paths["live"], again["live"]))  # fmt: skip
+    for split in ("train", "val"):
+        assert (first[split]["loss"], first[split]["accuracy"]) == (
+            second[split]["loss"], second[split]["accuracy"]
+        )  # fmt: skip
+
+
+def test_the_jax_backend_runs_the_same_training_code(project, tmp_path):
+    paths, _, _ = project
+    outputs = _train_and_evaluate(project, tmp_path, env={"KERAS_BACKEND": "jax"})
+    ran_on = yaml.safe_load((outputs["live"] / "params.yaml").read_text())
+    assert ran_on["backend"] == "jax" and "jax" in ran_on["versions"]
+    metrics = json.loads((outputs["results"] / "metrics.json").read_text())
+    assert metrics["images"] == len(store.read_split(paths["processed"], "test").labels)
+    assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
+    # A .keras file is backend-neutral: tensorflow evaluates the model jax trained.
+    result = invoke("--params", paths["params"], "evaluate", "--model", outputs["model"],
+                    "--processed", paths["processed"], "--out", tmp_path / "tf")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "tf" / "metrics.json").read_text())["accuracy"] == pytest.approx(
+        metrics["accuracy"]
+    )

@@ -96,3 +96,33 @@ def test_diff_of_an_unknown_revision_says_what_to_check(repo):
     assert done.returncode == 1
     assert "cannot read data/processed/splits.csv at no-such-rev" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_experiment_on_training_params_decodes_no_image_and_is_listed(repo):
+    run(repo, BIN / "dvc", "repro")
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "baseline")
+
+    output = run(repo, BIN / "dvc", "exp", "run", "-S", "train.model=shared_input", "-n", "shared")
+
+    assert ran_stages(output) == ["train", "evaluate"]  # ingest and prepare come from the cache
+    shown = json.loads(run(repo, BIN / "dvc", "exp", "show", "--json"))
+    experiments = {
+        (exp.get("name") or exp["rev"]): exp["data"]
+        for baseline in shown
+        for exp in [
+            baseline,
+            *(e for run_ in baseline.get("experiments") or [] for e in run_["revs"]),
+        ]
+    }
+    shared = experiments["shared"]
+    assert shared["params"]["params.yaml"]["data"]["train"]["model"] == "shared_input"
+    accuracy = shared["metrics"]["results/evaluate/metrics.json"]["data"]["accuracy"]
+    assert 0 <= accuracy <= 1
+    assert shared["params"]["results/train/params.yaml"]["data"]["backend"] == "tensorflow"
+    # The commit the experiment started from; "workspace" holds the experiment's changes.
+    baseline = next(
+        data for name, data in experiments.items() if name not in ("shared", "workspace")
+    )
+    assert baseline["params"]["params.yaml"]["data"]["train"]["model"] == "sequential"
+    assert "results/evaluate/metrics.json" in baseline["metrics"]

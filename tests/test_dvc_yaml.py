@@ -2,7 +2,7 @@
 
 import yaml
 
-from pipeline import cli, store
+from pipeline import cli, evaluate, store
 from pipeline.params import Params
 from tests.conftest import REPO
 
@@ -32,14 +32,20 @@ def test_stage_outputs_are_exactly_what_the_commands_write():
         f"{cli.PREPARE_REPORT.as_posix()}/class_balance.png",
         f"{cli.PREPARE_REPORT.as_posix()}/samples.png",
     ]
+    beside = store.beside_model(cli.MODEL)
     assert _written("train") == {
         cli.MODEL.as_posix(),
-        store.labels_beside(cli.MODEL).as_posix(),
-        store.summary_beside(cli.MODEL).as_posix(),
+        beside["labels"].as_posix(),
+        beside["summary"].as_posix(),
+        f"{cli.LIVE.as_posix()}/params.yaml",
         f"{cli.LIVE.as_posix()}/metrics.json",
     }
-    assert _written("evaluate") == {f"{cli.EVALUATION.as_posix()}/metrics.json"}
-    assert _paths(STAGES["evaluate"]["plots"]) == [f"{cli.EVALUATION.as_posix()}/predictions.csv"]
+    assert _paths(STAGES["train"]["plots"]) == [
+        f"{cli.LIVE.as_posix()}/plots/metrics",
+        beside["architecture"].as_posix(),
+    ]
+    evaluation = [f"{cli.EVALUATION.as_posix()}/{name}" for name in evaluate.OUTPUTS]
+    assert set(_paths(STAGES["evaluate"]["plots"])) | _written("evaluate") == set(evaluation)
 
 
 def test_each_stage_reads_only_the_raw_data_or_what_earlier_stages_write():

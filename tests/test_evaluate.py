@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.evaluate import class_indices_of, per_class_scores
+from pipeline.evaluate import class_indices_of, curves, per_class_scores, worst_mistakes
+from pipeline.store import PrecisionRecallPoint, PredictionRow
 
 
 def test_per_class_precision_recall_f1_and_support():
@@ -33,3 +34,43 @@ def test_a_class_never_predicted_or_absent_scores_zero_not_nan():
 def test_labels_and_probabilities_decode_to_class_indices():
     assert class_indices_of(np.array([[0.2], [0.7]])).tolist() == [0, 1]
     assert class_indices_of(np.array([[0.1, 0.9, 0], [1, 0, 0]])).tolist() == [1, 0]
+
+
+def test_two_class_curves_are_the_second_classs():
+    labels = np.array([[0.0], [0.0], [1.0], [1.0]])
+    roc, pr, areas = curves(labels, np.array([[0.1], [0.6], [0.4], [0.9]]), ["ants", "bees"])
+    assert areas == {
+        "of": "bees",
+        "roc_auc": 0.75,
+        "average_precision": pytest.approx(0.8333, abs=1e-4),
+    }
+    assert (roc[0].false_positive_rate, roc[-1].true_positive_rate) == (0.0, 1.0)
+    assert pr[-1] == PrecisionRecallPoint(recall=0.0, precision=1.0, threshold=float("inf"))
+    one_hot = np.array([[1.0, 0], [1, 0], [0, 1], [0, 1]])
+    scores = np.array([[0.9, 0.1], [0.4, 0.6], [0.6, 0.4], [0.1, 0.9]])
+    assert curves(one_hot, scores, ["ants", "bees"])[2] == areas
+
+
+def test_more_classes_pool_each_class_against_the_rest():
+    labels = np.eye(3)[[0, 1, 2, 0]]
+    perfect = labels * 0.8 + 0.1
+    _, _, areas = curves(labels, perfect, ["a", "b", "c"])
+    assert areas["of"].startswith("each class against the rest")
+    assert areas["roc_auc"] == 1.0 and areas["average_precision"] == 1.0
+
+
+def test_a_test_split_of_one_class_has_no_curve():
+    roc, pr, areas = curves(np.ones((3, 1)), np.array([[0.2], [0.5], [0.9]]), ["a", "b"])
+    assert roc == pr == [] and areas["roc_auc"] is None
+
+
+def test_the_gallery_shows_the_most_confident_mistakes_first():
+    rows = [
+        PredictionRow("right.png", "a", "a", 0.99),
+        PredictionRow("mild.png", "a", "b", 0.55),
+        PredictionRow("worst.png", "b", "a", 0.97),
+        PredictionRow("bad.png", "a", "b", 0.80),
+    ]
+    assert worst_mistakes(rows) == [2, 3, 1]
+    assert worst_mistakes(rows, count=1) == [2]
+    assert worst_mistakes(rows[:1]) == []

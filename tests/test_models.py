@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.models import INPUTS, build_model, compile_model
+from pipeline.params import Augment
 
 GRAY, COLOUR = (64, 48, 1), (32, 32, 3)
 
@@ -53,3 +54,18 @@ def test_compiled_loss_follows_the_label_encoding():
         model = build_model("functional", [(32, 32, 1)], units)
         compile_model(model, units, learning_rate=0.01)
         assert model.loss == loss
+
+
+def test_augmentation_changes_images_in_training_only():
+    augment = Augment(horizontal_flip=True, zoom=0.3, shift=0.2)
+    model = build_model("functional", [(32, 32, 1)], 3, augment)
+    kinds = [type(layer).__name__ for layer in model.layers][:5]
+    assert kinds == ["InputLayer", "Rescaling", "RandomFlip", "RandomZoom", "RandomTranslation"]
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1), np.uint8)
+    inference = [np.asarray(model(pixels, training=False)) for _ in range(2)]
+    np.testing.assert_array_equal(*inference)
+    assert not np.allclose(np.asarray(model(pixels, training=True)), inference[0])
+    plain = build_model(
+        "functional", [(32, 32, 1)], 3, Augment(horizontal_flip=False, zoom=0, shift=0)
+    )
+    assert not any("Random" in type(layer).__name__ for layer in plain.layers)

@@ -1,0 +1,214 @@
+"""Training the Keras way against this pipeline, on the same images, side by side.
+
+    python -m bench.train ../shared/datasets/hymenoptera --epochs 10 --rounds 2
+
+The class folders under FOLDER (hymenoptera's train/ and val/ merged by class)
+are copied into one raw folder. Then, alternating round by round:
+
+- imgpipe: `imgpipe ingest`, `prepare`, `train` and `evaluate`, each a whole
+  process as `dvc repro` runs it; then a second experiment that changes only
+  the learning rate (train and evaluate: `dvc repro` decodes no image for it);
+- keras:   the seed article's way, one process: `image_dataset_from_directory`
+  on each split's folder (the very images prepare put in train, val and test),
+  `model.fit` on the same model, epochs, batch size and learning rate, then
+  `model.evaluate` on test; its images are decoded again every epoch.
+
+Last, the bound: the same model fed one constant in-memory batch, the epoch
+time no input pipeline can beat. Epoch times are medians over the epochs after
+the first (which compiles).
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.ingest import IMGPIPE, REPO, image_files
+
+KERAS_WAY = """
+import json, sys, time
+start = time.perf_counter()
+import keras
+from pipeline.models import build_model, compile_model
+splits, classes = sys.argv[1], sys.argv[2].split(",")
+height, width, channels, epochs, batch, seed = map(int, sys.argv[3:9])
+model_name, learning_rate = sys.argv[9], float(sys.argv[10])
+keras.utils.set_random_seed(seed)
+units = 1 if len(classes) == 2 else len(classes)
+def folder(split, shuffle):
+    return keras.utils.image_dataset_from_directory(
+        f"{splits}/{split}", class_names=classes, image_size=(height, width), seed=seed,
+        label_mode="binary" if units == 1 else "categorical", batch_size=batch,
+        color_mode="grayscale" if channels == 1 else "rgb", shuffle=shuffle, verbose=False)
+model = build_model(model_name, [(height, width, channels)], units)
+compile_model(model, units, learning_rate)
+class Clock(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None): self.began = time.perf_counter()
+    def on_test_begin(self, logs=None): times.append(time.perf_counter() - self.began)
+times = []
+model.fit(folder("train", True), validation_data=folder("val", False), epochs=epochs,
+          callbacks=[Clock()], verbose=0)
+result = model.evaluate(folder("test", False), return_dict=True, verbose=0)
+print(json.dumps({"accuracy": result["accuracy"], "epochs": times,
+                  "seconds": time.perf_counter() - start}))
+"""
+
+
+def merged_raw(folder: Path, raw: Path) -> list[str]:
+    """Copy every class folder found one or two levels down into raw/<class>/ (no links:
+    ingest quarantines links that leave its folder)."""
+    classes = set()
+    for file in image_files(folder):
+        relative = file.relative_to(folder)
+        label = relative.parts[-2]
+        target = raw / label / "_".join(relative.parts[:-2] + (relative.name,))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
+        classes.add(label)
+    return sorted(classes)
+
+
+def split_folders(raw: Path, splits_csv: Path, out: Path) -> None:
+    """The images prepare put in each split, as split/class folders for Keras."""
+    with splits_csv.open(newline="") as file:
+        for row in csv.DictReader(file):
+            target = out / row["split"] / row["label"] / Path(row["path"]).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(raw / row["path"], target)
+
+
+def imgpipe(params: Path, work: Path, *stages: str) -> float:
+    arguments = {
+        "ingest": ["--raw", work / "raw", "--out", work / "interim", "--no-cache"],
+        "prepare": ["--interim", work / "interim", "--out", work / "processed",
+                    "--report-dir", work / "report"],
+        "train": ["--processed", work / "processed", "--model-out", work / "model.keras",
+                  "--live-dir", work / "live"],
+        "evaluate": ["--model", work / "model.keras", "--processed", work / "processed",
+                     "--out", work / "results"],
+    }  # fmt: skip
+    start = time.perf_counter()
+    for stage in stages:
+        subprocess.run([IMGPIPE, "--params", params, stage, *arguments[stage]], check=True,
+                       capture_output=True, env=quiet())  # fmt: skip
+    return time.perf_counter() - start
+
+
+def quiet() -> dict:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def epoch_times(live: Path) -> list[float]:
+    with (live / "plots" / "metrics" / "train" / "epoch_seconds.tsv").open() as file:
+        return [float(row["epoch_seconds"]) for row in csv.DictReader(file, delimiter="\t")]
+
+
+def bound(processed: Path, settings: dict, epochs: int = 4) -> float:
+    """Median epoch time of the model fed one constant batch, as many steps as an epoch."""
+    import keras
+    import numpy as np
+
+    from pipeline import store
+    from pipeline.models import build_model, compile_model
+
+    split = store.read_split(processed, "train")
+    batch, count = settings["batch_size"], len(split.labels)
+    steps = math.ceil(count / batch)
+    pixels = np.tile(np.asarray(split.views[0][:batch]), (steps, 1, 1, 1))
+    labels = np.tile(np.asarray(split.labels[:batch]), (steps, 1))
+    units = labels.shape[1]
+    model = build_model(settings["model"], [pixels.shape[1:]], units)
+    compile_model(model, units, settings["learning_rate"])
+    times = []
+    clock = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: times.append(-time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: times.append(times.pop() + time.perf_counter()),
+    )
+    model.fit(pixels, labels, batch_size=batch, epochs=epochs, shuffle=False, verbose=0,
+              callbacks=[clock])  # fmt: skip
+    return statistics.median(times[1:])
+
+
+def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
+        work = Path(scratch)
+        classes = merged_raw(folder, work / "raw")
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["ingest"].update(image_size=[size, size], color_mode=color_mode)
+        params["prepare"]["views"] = [{"image_size": [size, size], "color_mode": color_mode}]
+        params["train"]["epochs"] = epochs
+        (work / "params.yaml").write_text(yaml.safe_dump(params))
+        second = dict(
+            params, train={**params["train"], "learning_rate": params["train"]["learning_rate"] / 2}
+        )
+        (work / "second.yaml").write_text(yaml.safe_dump(second))  # fmt: skip
+        settings, channels = params["train"], 1 if color_mode == "grayscale" else 3
+
+        rows = {"imgpipe": [], "experiment": [], "keras": []}
+        for round_ in range(rounds):
+            seconds = imgpipe(work / "params.yaml", work, "ingest", "prepare", "train", "evaluate")
+            accuracy = json.loads((work / "results" / "metrics.json").read_text())["accuracy"]
+            rows["imgpipe"].append((seconds, epoch_times(work / "live"), accuracy))
+            experiment = imgpipe(work / "second.yaml", work, "train", "evaluate")
+            accuracy = json.loads((work / "results" / "metrics.json").read_text())["accuracy"]
+            rows["experiment"].append((experiment, epoch_times(work / "live"), accuracy))
+            if round_ == 0:
+                split_folders(work / "raw", work / "processed" / "splits.csv", work / "splits")
+            command = [sys.executable, "-c", KERAS_WAY, work / "splits", ",".join(classes),
+                       size, size, channels, epochs, settings["batch_size"], params["base"]["seed"],
+                       settings["model"], settings["learning_rate"]]  # fmt: skip
+            done = subprocess.run(list(map(str, command)), check=True, capture_output=True,
+                                  text=True, env=quiet(), cwd=REPO)  # fmt: skip
+            keras = json.loads(done.stdout.splitlines()[-1])
+            rows["keras"].append((keras["seconds"], keras["epochs"], keras["accuracy"]))
+        limit = bound(work / "processed", settings)
+
+    images = sum(1 for _ in image_files(folder))
+    print(
+        f"{folder}: {images} images, {size}x{size} {color_mode}, {settings['model']}, "
+        f"{epochs} epochs, batch {settings['batch_size']}, {rounds} rounds (medians)"
+    )
+    print(f"{'way':<34}{'whole run s':>12}{'epoch s':>10}{'test acc':>10}")
+    labels = {
+        "imgpipe": "imgpipe ingest+prepare+train+eval",
+        "experiment": "imgpipe 2nd experiment (train+eval)",
+        "keras": "keras (image_dataset_from_directory)",
+    }
+    medians = {}
+    for name, results in rows.items():
+        whole = statistics.median(r[0] for r in results)
+        epoch = statistics.median(t for r in results for t in r[1][1:])
+        accuracy = statistics.median(r[2] for r in results)
+        medians[name] = (whole, epoch)
+        print(f"{labels[name]:<34}{whole:>12.2f}{epoch:>10.3f}{accuracy:>10.4f}")
+    print(f"{'bound (one constant batch)':<34}{'':>12}{limit:>10.3f}")
+    print(
+        f"keras whole run / imgpipe whole run: {medians['keras'][0] / medians['imgpipe'][0]:.2f}x"
+    )
+    print(f"imgpipe epoch / bound: {medians['imgpipe'][1] / limit:.2f} "
+          f"(keras epoch / bound: {medians['keras'][1] / limit:.2f})")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=64, help="image height and width")
+    parser.add_argument("--color-mode", choices=["grayscale", "rgb"], default="rgb")
+    args = parser.parse_args()
+    measure(args.folder, args.epochs, args.rounds, args.size, args.color_mode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Training's input pipeline, precision choice, early stopping and architecture drawing."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+from pipeline import store
+from pipeline.params import EarlyStopping, Params
+from pipeline.train import Batches, dtype_policy, train
+from tests.conftest import REPO, default_params
+
+
+def _split(tmp_path, count=10, views=1) -> store.Split:
+    for index in range(views):
+        pixels = np.arange(count, dtype=np.uint8).reshape(count, 1, 1, 1) * np.ones(
+            (1, 4, 4, 1), np.uint8
+        )
+        store.save_array(tmp_path / f"train_view{index}.npy", pixels)
+    store.save_array(tmp_path / "train_labels.npy", np.arange(count, dtype=np.float32)[:, None])
+    return store.read_split(tmp_path, "train")
+
+
+def _epoch(batches: Batches) -> list[int]:
+    """The row numbers one epoch yields, in order (each image's pixels are its row number)."""
+    rows = []
+    for index in range(len(batches)):
+        pixels, labels = batches[index]
+        first = pixels if isinstance(pixels, np.ndarray) else pixels[0]
+        assert np.array_equal(first[:, 0, 0, 0], labels[:, 0])  # pixels and labels stay paired
+        rows += labels[:, 0].astype(int).tolist()
+    batches.on_epoch_end()
+    return rows
+
+
+def test_batches_read_the_memory_map_in_a_new_seeded_order_each_epoch(tmp_path):
+    split = _split(tmp_path)
+    assert isinstance(split.views[0], np.memmap)  # nothing loaded up front
+    batches = Batches(split, inputs=1, batch_size=4, seed=7)
+    assert len(batches) == 3  # 4 + 4 + 2
+    epochs = [_epoch(batches) for _ in range(3)]
+    assert all(sorted(epoch) == list(range(10)) for epoch in epochs)  # each image once
+    assert len({tuple(epoch) for epoch in epochs}) == 3
+    again = Batches(split, inputs=1, batch_size=4, seed=7)
+    assert [_epoch(again) for _ in range(3)] == epochs  # the seed decides every epoch
+    assert _epoch(Batches(split, inputs=1, batch_size=4)) == list(range(10))  # no seed: in order
+
+
+def test_batches_give_a_tuple_of_views_to_a_two_input_model(tmp_path):
+    pixels, _ = Batches(_split(tmp_path, views=2), inputs=2, batch_size=4)[0]
+    assert isinstance(pixels, tuple) and len(pixels) == 2
+
+
+def test_mixed_precision_auto_halves_precision_on_a_gpu_only():
+    assert dtype_policy("auto", "gpu") == "mixed_float16"
+    assert dtype_policy("auto", "cpu") == "float32"
+    assert dtype_policy("auto", "tpu") == "float32"
+    assert dtype_policy("on", "cpu") == "mixed_float16"
+    assert dtype_policy("off", "gpu") == "float32"
+
+
+class _Epochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.count += 1
+
+
+def test_early_stopping_ends_training_when_val_loss_stops_improving(tmp_path):
+    rng = np.random.default_rng(0)
+    # Labels unrelated to the pixels: validation loss cannot keep improving.
+    for split, count in [("train", 32), ("val", 16)]:
+        store.save_array(
+            tmp_path / f"{split}_view0.npy", rng.integers(0, 256, (count, 16, 16, 1), np.uint8)
+        )
+        store.save_array(
+            tmp_path / f"{split}_labels.npy", rng.integers(0, 2, (count, 1)).astype(np.float32)
+        )
+    raw = default_params()
+    raw["train"].update(epochs=40, batch_size=8, learning_rate=0.05,
+                        early_stopping={"patience": 2, "restore_best_weights": True})  # fmt: skip
+    params = Params.model_validate(raw)
+    epochs = _Epochs()
+    train(store.read_split(tmp_path, "train"), store.read_split(tmp_path, "val"), params, [epochs])
+    assert epochs.count < 40
+    assert params.train.early_stopping == EarlyStopping(patience=2, restore_best_weights=True)
+
+
+def test_without_graphviz_the_architecture_is_a_placeholder_and_training_goes_on(tmp_path):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from pipeline.models import build_model\n"
+        "from pipeline.train import architecture_png\n"
+        "model = build_model('sequential', [(16, 16, 1)], 2)\n"
+        "print(architecture_png(model, Path(sys.argv[1])))\n"
+    )
+    target = tmp_path / "architecture.png"
+    # No `dot` on PATH: graphviz is not installed as far as pydot can tell.
+    env = {**os.environ, "PATH": "/nonexistent", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code, target], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert "needs graphviz" in done.stdout and "apt install graphviz" in done.stdout
+    assert target.read_bytes().startswith(b"\x89PNG")
+    assert not list(tmp_path.glob(".*partial*"))
