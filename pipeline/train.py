@@ -63,14 +63,14 @@ class LiveLogger(keras.callbacks.Callback):
         self.started = self.trained = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.started, self.trained = time.perf_counter(), None
+        self.started, self.trained = self._now(), None
 
     def on_test_begin(self, logs=None):  # validation: the training part of the epoch is over
         if self.started is not None and self.trained is None:
-            self.trained = time.perf_counter() - self.started
+            self.trained = self._now() - self.started
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = self.trained or time.perf_counter() - self.started
+        seconds = self.trained or self._now() - self.started
         logs = {
             **(logs or {}),
             "epoch_seconds": seconds,
@@ -84,6 +84,11 @@ class LiveLogger(keras.callbacks.Callback):
                 name = "train/" + name
             self.live.log_metric(name, float(value))
         self.live.next_step()
+
+    def _now(self) -> float:
+        # jax and torch return before the device has finished: wait for the weights first.
+        keras.ops.convert_to_numpy(self.model.trainable_weights[-1])
+        return time.perf_counter()
 
 
 def device_kind() -> str:

@@ -107,3 +107,25 @@ def test_without_graphviz_the_architecture_is_a_placeholder_and_training_goes_on
     assert "needs graphviz" in done.stdout and "apt install graphviz" in done.stdout
     assert target.read_bytes().startswith(b"\x89PNG")
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_mixed_precision_and_several_steps_per_execution_train(tmp_path):
+    rng = np.random.default_rng(1)
+    for split, count in [("train", 24), ("val", 8)]:
+        pixels = rng.integers(0, 256, (count, 16, 16, 1), np.uint8)
+        store.save_array(tmp_path / f"{split}_view0.npy", pixels)
+        store.save_array(
+            tmp_path / f"{split}_labels.npy", np.eye(3, dtype=np.float32)[np.arange(count) % 3]
+        )
+    raw = default_params()
+    raw["train"].update(epochs=2, batch_size=4, mixed_precision="on", steps_per_execution=3)
+    epochs = _Epochs()
+    try:
+        model = train(store.read_split(tmp_path, "train"), store.read_split(tmp_path, "val"),
+                      Params.model_validate(raw), [epochs])  # fmt: skip
+    finally:
+        keras.config.set_dtype_policy("float32")  # the policy is global to the process
+    assert epochs.count == 2
+    assert model.layers[1].dtype_policy.name == "mixed_float16"
+    assert model.get_layer("output").compute_dtype == "float32"  # softmax in full precision
+    assert model.steps_per_execution == 3
