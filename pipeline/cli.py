@@ -217,12 +217,23 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     them), and the backend, device and library versions to its params.yaml.
     The model, summary.txt and architecture.png are saved when training ends.
     Any Keras 3 backend: set KERAS_BACKEND=jax or torch (default tensorflow).
+
+    train.distribution: none, mirrored (every local GPU) or multi_worker (one
+    process per machine, each started with its own TF_CONFIG; only the chief
+    writes). train.batch_size stays the global batch whatever the number of
+    replicas, and the learning rate is not scaled: when you multiply the batch
+    size by k, multiplying the learning rate by k is the usual starting point.
     """
     params = _params(ctx)
+    from pipeline import distribute
     from pipeline import train as stage
 
-    stage.run(processed, model_out, live_dir, params)
-    click.echo(f"train: saved {params.train.model} model to {model_out}")
+    model, wrote = stage.run(processed, model_out, live_dir, params)
+    weights = distribute.weights_digest(model)
+    if wrote:
+        click.echo(f"train: saved {params.train.model} model to {model_out} (weights {weights})")
+    else:
+        click.echo(f"train: worker done (weights {weights}); the chief writes the outputs")
 
 
 @cli.command()

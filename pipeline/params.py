@@ -117,6 +117,9 @@ class Train(_Section):
     )
     augment: Augment
     early_stopping: EarlyStopping
+    distribution: Literal["none", "mirrored", "multi_worker"] = Field(
+        description="none (one device), mirrored (all local GPUs) or multi_worker (TF_CONFIG)"
+    )
 
 
 class Params(_Section):

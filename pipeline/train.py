@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from dvclive import Live
 
-from pipeline import figures, store
+from pipeline import distribute, figures, store
 from pipeline.models import build_model, compile_model
 from pipeline.params import Params
 
@@ -122,15 +122,18 @@ def train(
     val_split: store.Split,
     params: Params,
     callbacks: list[keras.callbacks.Callback],
+    distribution: distribute.Distribution | None = None,
 ) -> keras.Model:
     """Build, compile and fit the model; pure apart from the callbacks."""
+    distribution = distribution or distribute.start("none")
     keras.utils.set_random_seed(params.base.seed)
     settings = params.train
     keras.config.set_dtype_policy(dtype_policy(settings.mixed_precision, device_kind()))
     units = train_split.labels.shape[1]
     shapes = [view.shape[1:] for view in train_split.views]
-    model = build_model(settings.model, shapes, units, settings.augment)
-    compile_model(model, units, settings.learning_rate, settings.steps_per_execution)
+    with distribution.scope():
+        model = build_model(settings.model, shapes, units, settings.augment)
+        compile_model(model, units, settings.learning_rate, settings.steps_per_execution)
     inputs = len(model.inputs)
     validation = None
     if len(val_split.labels):
@@ -145,8 +148,14 @@ def train(
                 restore_best_weights=stopping.restore_best_weights,
             ),
         ]
+    batches = Batches(train_split, inputs, settings.batch_size, seed=params.base.seed)
+    if distribution.setting == "multi_worker":
+        distribute.fit_multi_worker(
+            model, distribution, batches, validation, settings.epochs, callbacks
+        )
+        return model
     model.fit(
-        Batches(train_split, inputs, settings.batch_size, seed=params.base.seed),
+        batches,
         epochs=settings.epochs,
         validation_data=validation,
         callbacks=callbacks,
@@ -168,13 +177,22 @@ def architecture_png(model: keras.Model, path: Path) -> str | None:
         return problem
 
 
-def run(processed: Path, model_path: Path, live_dir: Path, params: Params) -> keras.Model:
+def run(
+    processed: Path, model_path: Path, live_dir: Path, params: Params
+) -> tuple[keras.Model, bool]:
+    """Train and, on the chief, write everything; (the model, whether this process wrote)."""
+    # First: a multi-worker strategy must exist before the backend makes any tensor.
+    distribution = distribute.start(params.train.distribution)
     train_split = store.read_split(processed, "train")
     val_split = store.read_split(processed, "val")
+    if not distribution.chief:  # another worker writes the model, metrics and dvclive output
+        return train(train_split, val_split, params, [], distribution), False
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
-        live.log_params(environment(dtype_policy(params.train.mixed_precision, device_kind())))
-        model = train(train_split, val_split, params, [LiveLogger(live, len(train_split.labels))])
+        policy = dtype_policy(params.train.mixed_precision, device_kind())
+        live.log_params({**environment(policy), "replicas": distribution.replicas})
+        logger = LiveLogger(live, len(train_split.labels))
+        model = train(train_split, val_split, params, [logger], distribution)
     beside = store.beside_model(model_path)
     store.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
     with store.atomic_path(model_path, suffix=".keras") as temporary:
@@ -189,4 +207,4 @@ def run(processed: Path, model_path: Path, live_dir: Path, params: Params) -> ke
     # Last, so that a model never stands beside another run's label map: the label map
     # it was trained with, which evaluate and predict check.
     store.write_json(beside["labels"], store.read_class_indices(processed))
-    return model
+    return model, True

@@ -1,0 +1,206 @@
+"""train.distribution: one device, every local device, or one process per machine.
+
+- none:         Keras picks one device (a GPU when the backend sees one).
+- mirrored:     every local GPU: tf.distribute.MirroredStrategy on tensorflow,
+                keras.distribution.DataParallel on jax; `model.fit` as usual.
+- multi_worker: one process per machine, from the standard TF_CONFIG variable,
+                with tf.distribute.MultiWorkerMirroredStrategy. Keras 3's
+                `model.fit` fails under that strategy on TensorFlow 2.21
+                (keras-team/keras#20585), so `fit_multi_worker` runs the epochs
+                itself: a training step under `strategy.run`, gradients summed
+                across workers by the Keras optimizer, the usual callbacks.
+
+train.batch_size is the global batch: each step takes batch_size images in all,
+split evenly across the replicas. The learning rate is not scaled for you.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+
+import keras
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    setting: str
+    strategy: object | None  # the tf.distribute strategy, when tensorflow distributes
+    chief: bool  # the one process that writes the model, metrics and dvclive output
+    replicas: int
+
+    def scope(self):
+        return self.strategy.scope() if self.strategy else contextlib.nullcontext()
+
+
+def is_chief(tf_config: dict) -> bool:
+    """TF_CONFIG's rule: the 'chief' task if the cluster has one, else worker 0."""
+    task = tf_config.get("task", {})
+    if "chief" in tf_config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return task.get("type") == "worker" and task.get("index") == 0
+
+
+def start(setting: str) -> Distribution:
+    """Set up `setting` on this process's backend; call before any tensor is made."""
+    backend = keras.backend.backend()
+    if setting == "none":
+        return Distribution(setting, None, True, 1)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if setting == "mirrored":
+            strategy = tf.distribute.MirroredStrategy()
+            return Distribution(setting, strategy, True, strategy.num_replicas_in_sync)
+        try:
+            tf_config = json.loads(os.environ["TF_CONFIG"])
+        except (KeyError, ValueError):
+            raise PipelineError(
+                "train.distribution = 'multi_worker' needs TF_CONFIG, a JSON cluster and task "
+                'such as {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}; see README, More than one machine'
+            ) from None
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return Distribution(setting, strategy, is_chief(tf_config), strategy.num_replicas_in_sync)
+    if backend == "jax" and setting == "mirrored":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+        return Distribution(setting, None, True, len(keras.distribution.list_devices()))
+    raise PipelineError(
+        f"train.distribution = '{setting}' is not available on the {backend} backend; "
+        "use KERAS_BACKEND=tensorflow (mirrored also runs on jax)"
+    )
+
+
+def weights_digest(model: keras.Model) -> str:
+    """A short hash of every weight: equal on all workers after a synchronous run."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def fit_multi_worker(
+    model: keras.Model,
+    distribution: Distribution,
+    batches,
+    validation,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> None:
+    """model.fit's epochs under MultiWorkerMirroredStrategy.
+
+    Every worker draws the same global batches from the seed and takes its own
+    replicas' share of each; only whole global batches are used, so every
+    worker runs the same number of steps. Validation runs on each worker's copy
+    of the (identical) weights, so early stopping stops all workers together.
+    """
+    import tensorflow as tf
+
+    strategy, replicas, size = distribution.strategy, distribution.replicas, batches.batch_size
+    if size % replicas:
+        raise PipelineError(
+            f"train.batch_size = {size} does not split evenly over {replicas} replicas; "
+            f"allowed: a multiple of {replicas}"
+        )
+    steps = len(batches.labels) // size
+    if steps == 0:
+        raise PipelineError(
+            f"train.batch_size = {size} is more than the {len(batches.labels)} training images; "
+            "allowed: at most the number of training images"
+        )
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: _replica_batches(batches, steps, replicas, context)
+    )
+    loss_of = keras.losses.get(model.loss)
+
+    def replica_step(pixels, labels):
+        with tf.GradientTape() as tape:
+            probabilities = model(pixels, training=True)
+            loss = tf.nn.compute_average_loss(
+                loss_of(labels, probabilities), global_batch_size=size
+            )
+            scaled = model.optimizer.scale_loss(loss)  # a no-op unless mixed precision
+        gradients = tape.gradient(scaled, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+        return loss, _correct(labels, probabilities)
+
+    @tf.function
+    def step(iterator):
+        loss, correct = strategy.run(replica_step, args=next(iterator))
+        add = tf.distribute.ReduceOp.SUM
+        return strategy.reduce(add, loss, axis=None), strategy.reduce(add, correct, axis=None)
+
+    with distribution.scope():
+        model.optimizer.build(model.trainable_variables)
+    callbacks = keras.callbacks.CallbackList(callbacks, model=model)
+    model.stop_training = False
+    callbacks.on_train_begin()
+    for epoch in range(epochs):
+        callbacks.on_epoch_begin(epoch)
+        iterator, loss, correct = iter(dataset), 0.0, 0.0
+        for _ in range(steps):
+            step_loss, step_correct = step(iterator)
+            loss, correct = loss + float(step_loss), correct + float(step_correct)
+        logs = {"loss": loss / steps, "accuracy": correct / (steps * size)}
+        if validation is not None:
+            callbacks.on_test_begin()
+            scores = _local_scores(model, validation, loss_of)
+            logs |= {f"val_{name}": value for name, value in scores.items()}
+        batches.on_epoch_end()
+        callbacks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
+    callbacks.on_train_end()
+
+
+def _replica_batches(batches, steps: int, replicas: int, context):
+    """The tf.data pipeline of one worker: its replicas' rows of each global batch."""
+    import tensorflow as tf
+
+    local = replicas // context.num_input_pipelines
+    mine = range(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
+
+    def rows():
+        for index in range(steps):
+            pixels, labels = batches[index]
+            for replica in mine:  # rows replica, replica + R, ...: an even share
+                share = slice(replica, None, replicas)
+                part = (
+                    pixels[share]
+                    if isinstance(pixels, np.ndarray)
+                    else tuple(p[share] for p in pixels)
+                )
+                yield part, labels[share]
+
+    def spec(array):
+        return tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype))
+
+    views = batches.views
+    inputs = spec(views[0]) if len(views) == 1 else tuple(map(spec, views))
+    return tf.data.Dataset.from_generator(rows, output_signature=(inputs, spec(batches.labels)))
+
+
+def _correct(labels, probabilities):
+    import tensorflow as tf
+
+    if labels.shape[-1] == 1:
+        hits = tf.equal(labels[:, 0] > 0.5, probabilities[:, 0] > 0.5)
+    else:
+        hits = tf.equal(tf.argmax(labels, axis=-1), tf.argmax(probabilities, axis=-1))
+    return tf.reduce_sum(tf.cast(hits, tf.float32))
+
+
+def _local_scores(model: keras.Model, validation, loss_of) -> dict:
+    """Loss and accuracy of this worker's weights on the whole validation split."""
+    total_loss = correct = 0.0
+    for index in range(len(validation)):
+        pixels, labels = validation[index]
+        probabilities = model(pixels, training=False)
+        total_loss += float(keras.ops.sum(loss_of(labels, probabilities)))
+        correct += float(_correct(labels, probabilities))
+    count = len(validation.labels)
+    return {"loss": total_loss / count, "accuracy": correct / count}

@@ -1,0 +1,116 @@
+"""train.distribution: two real worker processes on 127.0.0.1, and the chief rule."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+from pipeline.distribute import is_chief
+from tests.conftest import BIN, FAST, make_dataset, write_params
+
+WORKER_TIMEOUT = 300  # seconds; a worker whose peer died must not hang the suite
+
+
+def test_the_chief_is_the_chief_task_or_else_worker_zero():
+    workers = {"worker": ["a:1", "b:1"]}
+    assert is_chief({"cluster": workers, "task": {"type": "worker", "index": 0}})
+    assert not is_chief({"cluster": workers, "task": {"type": "worker", "index": 1}})
+    with_chief = {**workers, "chief": ["c:1"]}
+    assert is_chief({"cluster": with_chief, "task": {"type": "chief", "index": 0}})
+    assert not is_chief({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    params = write_params(root / "params.yaml", **FAST)
+    raw = make_dataset(root / "raw", per_class=16)
+    for args in (["ingest", "--raw", raw, "--out", root / "interim"],
+                 ["prepare", "--interim", root / "interim", "--out", root / "processed",
+                  "--report-dir", root / "report"]):  # fmt: skip
+        result = CliRunner().invoke(cli, ["--params", str(params), *map(str, args)])
+        assert result.exit_code == 0, result.output
+    return root / "processed"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _train(folder, params, processed, env):
+    command = [BIN / "imgpipe", "--params", params, "train", "--processed", processed,
+               "--model-out", "out/model.keras", "--live-dir", "out/live"]  # fmt: skip
+    folder.mkdir()
+    return subprocess.Popen(
+        command, cwd=folder, env={**os.environ, **env}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_workers_train_together_and_only_the_chief_writes(processed, tmp_path):
+    params = write_params(tmp_path / "params.yaml", **{
+        **FAST, "train": {**FAST["train"], "epochs": 2, "distribution": "multi_worker"}
+    })  # fmt: skip
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    workers = [
+        _train(tmp_path / f"worker{index}", params, processed, {"TF_CONFIG": json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}})})
+        for index in range(2)
+    ]  # fmt: skip
+    outputs = []
+    try:
+        for worker in workers:
+            outputs.append(worker.communicate(timeout=WORKER_TIMEOUT)[0])
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert [worker.returncode for worker in workers] == [0, 0], "\n".join(outputs)
+
+    digests = [re.search(r"\(weights (\w+)\)", output).group(1) for output in outputs]
+    assert digests[0] == digests[1]  # synchronous training: the same final weights
+    assert "saved sequential model" in outputs[0]
+    assert "the chief writes the outputs" in outputs[1]
+    chief = tmp_path / "worker0" / "out"
+    assert (chief / "model.keras").is_file() and (chief / "model.labels.json").is_file()
+    assert (chief / "live" / "metrics.json").is_file()
+    assert "replicas: 2" in (chief / "live" / "params.yaml").read_text()
+    assert list((tmp_path / "worker1").iterdir()) == []  # the other worker wrote nothing
+
+
+def test_multi_worker_without_tf_config_says_what_to_set(processed, tmp_path):
+    params = write_params(tmp_path / "params.yaml", train={"distribution": "multi_worker"})
+    env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+    done = subprocess.run(
+        [BIN / "imgpipe", "--params", params, "train", "--processed", processed,
+         "--model-out", tmp_path / "m.keras", "--live-dir", tmp_path / "live"],
+        env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "train.distribution = 'multi_worker' needs TF_CONFIG" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_mirrored_trains_on_every_local_device(processed, tmp_path, backend):
+    params = write_params(tmp_path / "params.yaml", **{
+        **FAST, "train": {**FAST["train"], "distribution": "mirrored"}
+    })  # fmt: skip
+    worker = _train(tmp_path / "run", params, processed, {"KERAS_BACKEND": backend})
+    output = worker.communicate(timeout=WORKER_TIMEOUT)[0]
+    assert worker.returncode == 0, output
+    assert "saved sequential model" in output
+    ran_on = (tmp_path / "run" / "out" / "live" / "params.yaml").read_text()
+    assert f"backend: {backend}" in ran_on and "replicas: 1" in ran_on  # one CPU here
