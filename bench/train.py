@@ -13,9 +13,9 @@ are copied into one raw folder. Then, alternating round by round:
   `model.fit` on the same model, epochs, batch size and learning rate, then
   `model.evaluate` on test; its images are decoded again every epoch.
 
-Last, the bound: the same model fed one constant in-memory batch, the epoch
-time no input pipeline can beat. Epoch times are medians over the epochs after
-the first (which compiles).
+And each round the bound: the same model fed one constant in-memory batch
+(tf.data repeating one tensor), the epoch time no input pipeline can beat.
+Epoch times are medians over the epochs after the first (which compiles).
 """
 
 import argparse
@@ -113,19 +113,21 @@ def epoch_times(live: Path) -> list[float]:
         return [float(row["epoch_seconds"]) for row in csv.DictReader(file, delimiter="\t")]
 
 
-def bound(processed: Path, settings: dict, epochs: int = 4) -> float:
-    """Median epoch time of the model fed one constant batch, as many steps as an epoch."""
+def bound(processed: Path, settings: dict) -> list[float]:
+    """Epoch times after the first of the same model fed one constant batch (a tf.data
+    dataset repeating one in-memory tensor), as many steps as an epoch."""
     import keras
     import numpy as np
+    import tensorflow as tf
 
     from pipeline import store
     from pipeline.models import build_model, compile_model
 
     split = store.read_split(processed, "train")
-    batch, count = settings["batch_size"], len(split.labels)
-    steps = math.ceil(count / batch)
-    pixels = np.tile(np.asarray(split.views[0][:batch]), (steps, 1, 1, 1))
-    labels = np.tile(np.asarray(split.labels[:batch]), (steps, 1))
+    batch = settings["batch_size"]
+    steps = math.ceil(len(split.labels) / batch)
+    pixels, labels = np.asarray(split.views[0][:batch]), np.asarray(split.labels[:batch])
+    constant = tf.data.Dataset.from_tensors((pixels, labels)).repeat(steps)
     units = labels.shape[1]
     model = build_model(settings["model"], [pixels.shape[1:]], units)
     compile_model(model, units, settings["learning_rate"])
@@ -134,9 +136,8 @@ def bound(processed: Path, settings: dict, epochs: int = 4) -> float:
         on_epoch_begin=lambda epoch, logs: times.append(-time.perf_counter()),
         on_epoch_end=lambda epoch, logs: times.append(times.pop() + time.perf_counter()),
     )
-    model.fit(pixels, labels, batch_size=batch, epochs=epochs, shuffle=False, verbose=0,
-              callbacks=[clock])  # fmt: skip
-    return statistics.median(times[1:])
+    model.fit(constant, epochs=settings["epochs"], verbose=0, callbacks=[clock])
+    return times[1:]
 
 
 def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) -> None:
@@ -155,6 +156,7 @@ def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) 
         settings, channels = params["train"], 1 if color_mode == "grayscale" else 3
 
         rows = {"imgpipe": [], "experiment": [], "keras": []}
+        limits = []
         for round_ in range(rounds):
             seconds = imgpipe(work / "params.yaml", work, "ingest", "prepare", "train", "evaluate")
             accuracy = json.loads((work / "results" / "metrics.json").read_text())["accuracy"]
@@ -162,6 +164,7 @@ def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) 
             experiment = imgpipe(work / "second.yaml", work, "train", "evaluate")
             accuracy = json.loads((work / "results" / "metrics.json").read_text())["accuracy"]
             rows["experiment"].append((experiment, epoch_times(work / "live"), accuracy))
+            limits += bound(work / "processed", settings)
             if round_ == 0:
                 split_folders(work / "raw", work / "processed" / "splits.csv", work / "splits")
             command = [sys.executable, "-c", KERAS_WAY, work / "splits", ",".join(classes),
@@ -171,7 +174,7 @@ def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) 
                                   text=True, env=quiet(), cwd=REPO)  # fmt: skip
             keras = json.loads(done.stdout.splitlines()[-1])
             rows["keras"].append((keras["seconds"], keras["epochs"], keras["accuracy"]))
-        limit = bound(work / "processed", settings)
+        limit = statistics.median(limits)
 
     images = sum(1 for _ in image_files(folder))
     print(

@@ -85,12 +85,15 @@ def _heavy_modules_after(args, cwd) -> list[str]:
     return eval(done.stdout)
 
 
-def test_help_and_ingest_never_import_a_deep_learning_backend(tmp_path):
-    raw = make_dataset(tmp_path / "raw", per_class=2)
-    params = write_params(tmp_path / "params.yaml")
+def test_help_ingest_and_prepare_never_import_a_deep_learning_backend(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=4)
+    params = write_params(tmp_path / "params.yaml", **FAST)
     assert _heavy_modules_after(["--help"], REPO) == []
     ingest = ["--params", params, "ingest", "--raw", raw, "--out", tmp_path / "interim"]
     assert _heavy_modules_after(ingest, tmp_path) == []
+    prepare = ["--params", params, "prepare", "--interim", tmp_path / "interim",
+               "--out", tmp_path / "processed", "--report-dir", tmp_path / "report"]  # fmt: skip
+    assert _heavy_modules_after(prepare, tmp_path) == []
 
 
 def test_the_stages_by_hand_write_every_output(project):
