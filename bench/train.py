@@ -136,7 +136,7 @@ def bound(processed: Path, settings: dict) -> list[float]:
         on_epoch_begin=lambda epoch, logs: times.append(-time.perf_counter()),
         on_epoch_end=lambda epoch, logs: times.append(times.pop() + time.perf_counter()),
     )
-    model.fit(constant, epochs=settings["epochs"], verbose=0, callbacks=[clock])
+    model.fit(constant, epochs=settings["epochs"], shuffle=False, verbose=0, callbacks=[clock])
     return times[1:]
 
 
