@@ -29,7 +29,7 @@ import PIL
 from PIL import Image, ImageOps
 
 from pipeline import store
-from pipeline.cache import DecodeCache, Decoded, signature
+from pipeline.cache import DecodeCache, Decoded, Kept, signature
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
 
@@ -284,8 +284,12 @@ def settings_key(settings: Ingest) -> str:
 
 def ingest(
     raw: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
-) -> store.Interim:
-    """Give every file under `raw` its verdict; outputs do not depend on `workers` or the cache."""
+) -> tuple[store.Interim, Path | None]:
+    """Give every file under `raw` its verdict; outputs do not depend on `workers` or the cache.
+
+    Also returns the cache's kept images.npy when it holds exactly the accepted
+    images, in order (nothing then needs writing), else None.
+    """
     found = scan(raw)
     key = settings_key(settings)
     # The cache knows files by absolute path, however the raw folder is reached.
@@ -293,9 +297,10 @@ def ingest(
     absolute = [f"{root}/{candidate.path}" for candidate in found.candidates]
     cache = DecodeCache(cache_path, key)
     try:
+        kept = cache.kept()
         signatures = {path: c.signature for path, c in zip(absolute, found.candidates, strict=True)}
         known = cache.known_hashes(signatures)
-        hits = cache.lookup(known.values())
+        hits = cache.lookup(known.values(), kept)
         results = {path: hits[known[path]] for path in absolute if known.get(path) in hits}
         todo = [path for path in absolute if path not in results]
         if todo:
@@ -307,10 +312,14 @@ def ingest(
         )
     finally:
         cache.close()
-    return decide(found, [results[path] for path in absolute], settings)
+    interim = decide(found, [results[path] for path in absolute], settings, kept)
+    same = kept is not None and [row.sha256 for row in interim.manifest] == kept.hashes
+    return interim, kept.path if same else None
 
 
-def decide(found: Scan, decoded: list[Decoded], settings: Ingest) -> store.Interim:
+def decide(
+    found: Scan, decoded: list[Decoded], settings: Ingest, kept: Kept | None = None
+) -> store.Interim:
     """Turn per-file results into verdicts, arrays and the report (pure)."""
     quarantine = list(found.refused)
     usable = defaultdict(list)  # sha256 -> [(path, label, result)], in path order
@@ -340,7 +349,7 @@ def decide(found: Scan, decoded: list[Decoded], settings: Ingest) -> store.Inter
     accepted.sort(key=lambda copy: copy[0])
     duplicates.sort(key=lambda row: row.path)
 
-    images = stack_pixels([result for _, _, result in accepted], settings)
+    images = stack_pixels([result for _, _, result in accepted], settings, kept)
     manifest = [
         store.ManifestRow(path, label, r.sha256, r.width, r.height, r.format, r.mode)
         for path, label, r in accepted
@@ -355,8 +364,10 @@ def decide(found: Scan, decoded: list[Decoded], settings: Ingest) -> store.Inter
     return store.Interim(images, manifest, quarantine, duplicates, _report(verdicts, found))
 
 
-def stack_pixels(results: list[Decoded], settings: Ingest) -> np.ndarray:
+def stack_pixels(results: list[Decoded], settings: Ingest, kept: Kept | None = None) -> np.ndarray:
     """The (N, H, W, C) uint8 array of accepted results' pixels, in order."""
+    if kept is not None and [result.sha256 for result in results] == kept.hashes:
+        return kept.array  # the same images in the same order: nothing to copy
     height, width = settings.image_size
     channels = 1 if settings.color_mode == "grayscale" else 3
     pixels = b"".join(result.pixels for result in results)
@@ -407,14 +418,20 @@ def summary(interim: store.Interim, out: Path, max_rows: int = 12) -> str:
 def run(
     raw: Path, out: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
 ) -> store.Interim:
-    interim = ingest(raw, settings, workers, cache_path)
+    interim, kept = ingest(raw, settings, workers, cache_path)
     if not interim.manifest:
         counts = ", ".join(f"{n} {v}" for v, n in interim.report["files"].items() if n)
         raise PipelineError(
             f"no usable images under {raw} ({counts or 'no files'}); "
             f"expected {raw}/<class>/<image files>"
         )
-    store.write_interim(out, interim)
+    store.write_interim(out, interim, images_file=kept)
+    if cache_path is not None and kept is None:  # keep what was written for the next run
+        cache = DecodeCache(cache_path, settings_key(settings))
+        try:
+            cache.keep(out / "images.npy", [row.sha256 for row in interim.manifest])
+        finally:
+            cache.close()
     return interim
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import operator
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,9 +119,14 @@ class Processed:
 INTERIM_FILES = ("images.npy", "manifest.csv", "quarantine.csv", "duplicates.csv", "report.json")
 
 
-def write_interim(folder: Path, interim: Interim) -> None:
+def write_interim(folder: Path, interim: Interim, images_file: Path | None = None) -> None:
+    """Write ingest's outputs; `images_file`, a .npy file that already holds exactly
+    `interim.images`, is linked (or copied) instead of writing the pixels again."""
     clear_outputs(folder, INTERIM_FILES)
-    save_array(folder / "images.npy", interim.images)
+    if images_file is None:
+        save_array(folder / "images.npy", interim.images)
+    else:
+        link_or_copy(images_file, folder / "images.npy")
     _write_rows(folder / "manifest.csv", ManifestRow, interim.manifest)
     _write_rows(folder / "quarantine.csv", QuarantineRow, interim.quarantine)
     _write_rows(folder / "duplicates.csv", DuplicateRow, interim.duplicates)
@@ -213,6 +219,16 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Put `source`'s bytes at `target` whole: a hard link, or a copy across file systems."""
+    with atomic_path(target) as temporary:
+        temporary.unlink()
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
 
 
 def save_array(path: Path, array: np.ndarray) -> None:

@@ -201,7 +201,7 @@ def verdicts_of(interim: store.Interim, found: ingest.Scan) -> dict[str, set[str
 
 def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
     raw, expected = messy
-    interim = ingest.ingest(raw, GRAY)
+    interim, _ = ingest.ingest(raw, GRAY)
     assert verdicts_of(interim, ingest.scan(raw)) == expected
 
     reasons = {row.path: row.reason for row in interim.quarantine}
@@ -338,3 +338,41 @@ def test_a_changed_file_is_decoded_again(tmp_path, counted_decodes):
     assert len(counted_decodes) == 1
     changed = [row.path for row in after.manifest].index("dark/000.png")
     assert after.images[changed].mean() > 200
+
+
+def test_an_unchanged_rerun_links_the_kept_array_instead_of_writing_it(tmp_path, counted_decodes):
+    raw = make_dataset(tmp_path / "raw", per_class=6)
+    cache = tmp_path / "cache.sqlite"
+    ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
+    kept = cache.with_suffix(".images.npy")
+    assert kept.read_bytes() == (tmp_path / "first" / "images.npy").read_bytes()
+
+    ingest.run(raw, tmp_path / "again", GRAY, cache_path=cache)
+    assert os.path.samefile(tmp_path / "again" / "images.npy", kept)  # linked, not written
+    assert written(tmp_path / "again") == written(tmp_path / "first")
+
+    (raw / "mid" / "002.png").unlink()  # rows from the kept array, one fewer
+    write(raw / "dark" / "new.png", image_bytes(30, "new"))
+    counted_decodes.clear()
+    ingest.run(raw, tmp_path / "changed", GRAY, cache_path=cache)
+    assert len(counted_decodes) == 1
+    ingest.run(raw, tmp_path / "scratch", GRAY, cache_path=None)
+    assert written(tmp_path / "changed") == written(tmp_path / "scratch")
+
+
+def test_a_kept_array_edited_or_deleted_is_not_trusted(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=4)
+    cache = tmp_path / "cache.sqlite"
+    ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
+    first = written(tmp_path / "first")  # read now: the kept array is the same file
+    kept = cache.with_suffix(".images.npy")
+    with kept.open("r+b") as file:  # edited in place, as `np.load(mmap_mode="r+")` could
+        file.seek(-16, os.SEEK_END)
+        file.write(bytes(16))
+    later = kept.stat().st_mtime_ns + 10**9  # a later edit; timestamps can be coarse
+    os.utime(kept, ns=(later, later))
+    ingest.run(raw, tmp_path / "edited", GRAY, cache_path=cache)
+    assert written(tmp_path / "edited") == first
+    kept.unlink()
+    ingest.run(raw, tmp_path / "deleted", GRAY, cache_path=cache)
+    assert written(tmp_path / "deleted") == first
