@@ -6,6 +6,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from pipeline import store
 from pipeline.params import EarlyStopping, Params
@@ -129,3 +130,30 @@ def test_mixed_precision_and_several_steps_per_execution_train(tmp_path):
     assert model.layers[1].dtype_policy.name == "mixed_float16"
     assert model.get_layer("output").compute_dtype == "float32"  # softmax in full precision
     assert model.steps_per_execution == 3
+
+
+@pytest.mark.parametrize("model", ["sequential", "functional", "shared_input", "multi_input"])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_every_model_trains_an_epoch_on_tiny_data(tmp_path, model, classes):
+    rng = np.random.default_rng(classes)
+    for split, count in [("train", 12), ("val", 6)]:
+        labels = np.arange(count) % classes
+        gray = (labels * 100).astype(np.uint8)[:, None, None, None] * np.ones(
+            (1, 32, 32, 1), np.uint8
+        )
+        colour = rng.integers(0, 256, (count, 16, 16, 3), np.uint8)
+        store.save_array(tmp_path / f"{split}_view0.npy", gray)
+        store.save_array(tmp_path / f"{split}_view1.npy", colour)
+        encoded = labels[:, None] if classes == 2 else np.eye(classes)[labels]
+        store.save_array(tmp_path / f"{split}_labels.npy", encoded.astype(np.float32))
+    raw = default_params()
+    raw["train"].update(model=model, epochs=1, batch_size=4)
+    raw["ingest"]["color_mode"] = "rgb"
+    raw["prepare"]["views"] = [{"image_size": [32, 32], "color_mode": "grayscale"},
+                               {"image_size": [16, 16], "color_mode": "rgb"}]  # fmt: skip
+    epochs = _Epochs()
+    trained = train(store.read_split(tmp_path, "train"), store.read_split(tmp_path, "val"),
+                    Params.model_validate(raw), [epochs])  # fmt: skip
+    assert epochs.count == 1
+    assert trained.output_shape == (None, 1 if classes == 2 else classes)
+    assert len(trained.inputs) == (2 if model == "multi_input" else 1)
