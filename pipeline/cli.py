@@ -219,10 +219,11 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     Any Keras 3 backend: set KERAS_BACKEND=jax or torch (default tensorflow).
 
     train.distribution: none, mirrored (every local GPU) or multi_worker (one
-    process per machine, each started with its own TF_CONFIG; only the chief
-    writes). train.batch_size stays the global batch whatever the number of
-    replicas, and the learning rate is not scaled: when you multiply the batch
-    size by k, multiplying the learning rate by k is the usual starting point.
+    process per machine, each started with its own TF_CONFIG, on tensorflow or
+    jax; only the chief writes). train.batch_size stays the global batch
+    whatever the number of replicas, and the learning rate is not scaled: when
+    you multiply the batch size by k, multiplying the learning rate by k is the
+    usual starting point.
     """
     params = _params(ctx)
     from pipeline import distribute

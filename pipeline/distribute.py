@@ -3,9 +3,13 @@
 - none:         Keras picks one device (a GPU when the backend sees one).
 - mirrored:     every local GPU: tf.distribute.MirroredStrategy on tensorflow,
                 keras.distribution.DataParallel on jax; `model.fit` as usual.
-- multi_worker: one process per machine, from the standard TF_CONFIG variable,
-                with tf.distribute.MultiWorkerMirroredStrategy. Keras 3's
-                `model.fit` fails under that strategy on TensorFlow 2.21
+- multi_worker: one process per machine, all configured by the standard
+                TF_CONFIG variable. On jax: keras.distribution.initialize (jax's
+                distributed initialisation, gloo collectives on CPU) and
+                DataParallel over every process's devices; `model.fit` as usual,
+                each process feeding its own rows of every global batch. On
+                tensorflow: MultiWorkerMirroredStrategy. Keras 3's `model.fit`
+                fails under that strategy on TensorFlow 2.21
                 (keras-team/keras#20585), so `fit_multi_worker` runs the epochs
                 itself: a training step under `strategy.run`, gradients summed
                 across workers by the Keras optimizer, the usual callbacks.
@@ -18,6 +22,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 
 import keras
@@ -32,9 +37,27 @@ class Distribution:
     strategy: object | None  # the tf.distribute strategy, when tensorflow distributes
     chief: bool  # the one process that writes the model, metrics and dvclive output
     replicas: int
+    shard: tuple[int, int] = (0, 1)  # (this process, processes) when each feeds its own rows
 
     def scope(self):
         return self.strategy.scope() if self.strategy else contextlib.nullcontext()
+
+    def steps(self, batch_size: int, images: int) -> int:
+        """Global batches per epoch: under multi_worker only whole ones, split evenly, so
+        that every process runs the same number of steps."""
+        if self.setting != "multi_worker":
+            return math.ceil(images / batch_size)
+        if batch_size % self.replicas:
+            raise PipelineError(
+                f"train.batch_size = {batch_size} does not split evenly over {self.replicas} "
+                f"replicas; allowed: a multiple of {self.replicas}"
+            )
+        if batch_size > images:
+            raise PipelineError(
+                f"train.batch_size = {batch_size} is more than the {images} training images; "
+                "allowed: at most the number of training images"
+            )
+        return images // batch_size
 
 
 def is_chief(tf_config: dict) -> bool:
@@ -45,34 +68,61 @@ def is_chief(tf_config: dict) -> bool:
     return task.get("type") == "worker" and task.get("index") == 0
 
 
+def process_of(tf_config: dict) -> tuple[list[str], int]:
+    """Every task's address, the chief first, and this task's place among them."""
+    cluster, task = tf_config["cluster"], tf_config["task"]
+    addresses = [*cluster.get("chief", []), *cluster.get("worker", [])]
+    offset = 0 if task["type"] == "chief" else len(cluster.get("chief", []))
+    return addresses, offset + task["index"]
+
+
 def start(setting: str) -> Distribution:
     """Set up `setting` on this process's backend; call before any tensor is made."""
     backend = keras.backend.backend()
     if setting == "none":
         return Distribution(setting, None, True, 1)
-    if backend == "tensorflow":
+    if backend not in ("tensorflow", "jax"):
+        raise PipelineError(
+            f"train.distribution = '{setting}' is not available on the {backend} backend; "
+            "use KERAS_BACKEND=tensorflow or jax"
+        )
+    if setting == "mirrored":
+        if backend == "jax":
+            keras.distribution.set_distribution(keras.distribution.DataParallel())
+            return Distribution(setting, None, True, len(keras.distribution.list_devices()))
         import tensorflow as tf
 
-        if setting == "mirrored":
-            strategy = tf.distribute.MirroredStrategy()
-            return Distribution(setting, strategy, True, strategy.num_replicas_in_sync)
-        try:
-            tf_config = json.loads(os.environ["TF_CONFIG"])
-        except (KeyError, ValueError):
-            raise PipelineError(
-                "train.distribution = 'multi_worker' needs TF_CONFIG, a JSON cluster and task "
-                'such as {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                '"task": {"type": "worker", "index": 0}}; see README, More than one machine'
-            ) from None
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        return Distribution(setting, strategy, is_chief(tf_config), strategy.num_replicas_in_sync)
-    if backend == "jax" and setting == "mirrored":
-        keras.distribution.set_distribution(keras.distribution.DataParallel())
-        return Distribution(setting, None, True, len(keras.distribution.list_devices()))
-    raise PipelineError(
-        f"train.distribution = '{setting}' is not available on the {backend} backend; "
-        "use KERAS_BACKEND=tensorflow (mirrored also runs on jax)"
-    )
+        strategy = tf.distribute.MirroredStrategy()
+        return Distribution(setting, strategy, True, strategy.num_replicas_in_sync)
+    tf_config = _tf_config()
+    if backend == "jax":
+        import jax
+
+        addresses, index = process_of(tf_config)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU-only machines
+        keras.distribution.initialize(",".join(addresses), len(addresses), index)
+        distribution = keras.distribution.DataParallel()
+        distribution.auto_shard_dataset = False  # each process feeds its own rows (Batches)
+        keras.distribution.set_distribution(distribution)
+        replicas = len(keras.distribution.list_devices())
+        return Distribution(setting, None, is_chief(tf_config), replicas, (index, len(addresses)))
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    return Distribution(setting, strategy, is_chief(tf_config), strategy.num_replicas_in_sync)
+
+
+def _tf_config() -> dict:
+    try:
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+        process_of(tf_config)  # has a cluster and a task that is in it
+        return tf_config
+    except (KeyError, ValueError, TypeError):
+        raise PipelineError(
+            "train.distribution = 'multi_worker' needs TF_CONFIG, a JSON cluster and task "
+            'such as {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}; see README, More than one machine'
+        ) from None
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -101,17 +151,7 @@ def fit_multi_worker(
     import tensorflow as tf
 
     strategy, replicas, size = distribution.strategy, distribution.replicas, batches.batch_size
-    if size % replicas:
-        raise PipelineError(
-            f"train.batch_size = {size} does not split evenly over {replicas} replicas; "
-            f"allowed: a multiple of {replicas}"
-        )
-    steps = len(batches.labels) // size
-    if steps == 0:
-        raise PipelineError(
-            f"train.batch_size = {size} is more than the {len(batches.labels)} training images; "
-            "allowed: at most the number of training images"
-        )
+    steps = distribution.steps(size, len(batches.labels))
     dataset = strategy.distribute_datasets_from_function(
         lambda context: _replica_batches(batches, steps, replicas, context)
     )

@@ -5,8 +5,10 @@ Only Keras 3 APIs: the same code runs on the tensorflow, jax and torch backends
 goes, so a data set larger than memory trains too.
 """
 
+import contextlib
 import math
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -21,12 +23,23 @@ from pipeline.params import Params
 
 
 class Batches(keras.utils.PyDataset):
-    """Batches of one split, in a new order each epoch drawn from the seed (None: in order)."""
+    """Batches of one split, in a new order each epoch drawn from the seed (None: in order).
 
-    def __init__(self, split: store.Split, inputs: int, batch_size: int, seed: int | None = None):
+    With `shard` = (i, n), this process's rows i, i + n, ... of each global batch,
+    and only whole global batches, so that n processes take the same steps.
+    """
+
+    def __init__(
+        self,
+        split: store.Split,
+        inputs: int,
+        batch_size: int,
+        seed: int | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ):
         super().__init__()
         self.views, self.labels = split.views[:inputs], split.labels
-        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self.batch_size, self.seed, self.epoch, self.shard = batch_size, seed, 0, shard
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
@@ -36,12 +49,15 @@ class Batches(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(count)
 
     def __len__(self) -> int:
+        if self.shard[1] > 1:
+            return len(self.labels) // self.batch_size
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __getitem__(self, index: int):
         # Sorted, so a batch reads the memory map front to back; order within a batch
         # does not change the gradient.
         chosen = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        chosen = chosen[self.shard[0] :: self.shard[1]]
         pixels = [view[chosen] for view in self.views]
         return (pixels[0] if len(pixels) == 1 else tuple(pixels)), self.labels[chosen]
 
@@ -135,9 +151,16 @@ def train(
         model = build_model(settings.model, shapes, units, settings.augment)
         compile_model(model, units, settings.learning_rate, settings.steps_per_execution)
     inputs = len(model.inputs)
+    size, shard = settings.batch_size, distribution.shard
+    distribution.steps(size, len(train_split.labels))  # refuses a batch that cannot be split
+    if shard[1] > 1:  # validation too in whole global batches, split evenly
+        replicas = distribution.replicas
+        validation_size = min(size, len(val_split.labels) // replicas * replicas)
+    else:
+        validation_size = size if len(val_split.labels) else 0
     validation = None
-    if len(val_split.labels):
-        validation = Batches(val_split, inputs, settings.batch_size)
+    if validation_size:
+        validation = Batches(val_split, inputs, validation_size, shard=shard)
     stopping = settings.early_stopping
     if stopping.patience:
         callbacks = [
@@ -148,8 +171,8 @@ def train(
                 restore_best_weights=stopping.restore_best_weights,
             ),
         ]
-    batches = Batches(train_split, inputs, settings.batch_size, seed=params.base.seed)
-    if distribution.setting == "multi_worker":
+    batches = Batches(train_split, inputs, size, seed=params.base.seed, shard=shard)
+    if distribution.strategy is not None and distribution.setting == "multi_worker":
         distribute.fit_multi_worker(
             model, distribution, batches, validation, settings.epochs, callbacks
         )
@@ -183,10 +206,18 @@ def run(
     """Train and, on the chief, write everything; (the model, whether this process wrote)."""
     # First: a multi-worker strategy must exist before the backend makes any tensor.
     distribution = distribute.start(params.train.distribution)
+    with contextlib.ExitStack() as stack:
+        if not distribution.chief:
+            # Every process runs the same steps (saving can wait for all of them), but only
+            # the chief writes into the workspace: the others write into a folder deleted after.
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imgpipe-")))
+            model_path, live_dir = scratch / model_path.name, scratch / "live"
+        return _train_and_save(processed, model_path, live_dir, params, distribution)
+
+
+def _train_and_save(processed, model_path, live_dir, params, distribution) -> tuple:
     train_split = store.read_split(processed, "train")
     val_split = store.read_split(processed, "val")
-    if not distribution.chief:  # another worker writes the model, metrics and dvclive output
-        return train(train_split, val_split, params, [], distribution), False
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
         policy = dtype_policy(params.train.mixed_precision, device_kind())
@@ -207,4 +238,4 @@ def run(
     # Last, so that a model never stands beside another run's label map: the label map
     # it was trained with, which evaluate and predict check.
     store.write_json(beside["labels"], store.read_class_indices(processed))
-    return model, True
+    return model, distribution.chief

@@ -10,10 +10,18 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.distribute import is_chief
+from pipeline.distribute import is_chief, process_of
 from tests.conftest import BIN, FAST, make_dataset, write_params
 
-WORKER_TIMEOUT = 300  # seconds; a worker whose peer died must not hang the suite
+WORKER_TIMEOUT = 180  # seconds; a worker whose peer died must not hang the suite
+
+
+def test_every_process_has_a_place_the_chief_first():
+    cluster = {"worker": ["w0:1", "w1:1"], "chief": ["c:1"]}
+    assert process_of({"cluster": cluster, "task": {"type": "chief", "index": 0}}) == (
+        ["c:1", "w0:1", "w1:1"], 0
+    )  # fmt: skip
+    assert process_of({"cluster": cluster, "task": {"type": "worker", "index": 1}})[1] == 2
 
 
 def test_the_chief_is_the_chief_task_or_else_worker_zero():
@@ -59,14 +67,16 @@ def _train(folder, params, processed, env):
 
 
 @pytest.mark.slow
-def test_two_workers_train_together_and_only_the_chief_writes(processed, tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_workers_train_together_and_only_the_chief_writes(processed, tmp_path, backend):
     params = write_params(tmp_path / "params.yaml", **{
         **FAST, "train": {**FAST["train"], "epochs": 2, "distribution": "multi_worker"}
     })  # fmt: skip
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     workers = [
-        _train(tmp_path / f"worker{index}", params, processed, {"TF_CONFIG": json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}})})
+        _train(tmp_path / f"worker{index}", params, processed, {"KERAS_BACKEND": backend,
+               "TF_CONFIG": json.dumps({"cluster": cluster,
+                                        "task": {"type": "worker", "index": index}})})
         for index in range(2)
     ]  # fmt: skip
     outputs = []
@@ -85,7 +95,8 @@ def test_two_workers_train_together_and_only_the_chief_writes(processed, tmp_pat
     chief = tmp_path / "worker0" / "out"
     assert (chief / "model.keras").is_file() and (chief / "model.labels.json").is_file()
     assert (chief / "live" / "metrics.json").is_file()
-    assert "replicas: 2" in (chief / "live" / "params.yaml").read_text()
+    ran_on = (chief / "live" / "params.yaml").read_text()
+    assert f"backend: {backend}" in ran_on and "replicas: 2" in ran_on
     assert list((tmp_path / "worker1").iterdir()) == []  # the other worker wrote nothing
 
 
