@@ -292,12 +292,16 @@ def settings_key(settings: Ingest) -> str:
 
 def ingest(
     raw: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
-) -> tuple[store.Interim, Path | None]:
-    """Give every file under `raw` its verdict; outputs do not depend on `workers` or the cache.
+) -> store.Interim:
+    """Give every file under `raw` its verdict; outputs do not depend on `workers` or the cache."""
+    return _ingest(raw, settings, workers, cache_path)[0]
 
-    Also returns the cache's kept images.npy when it holds exactly the accepted
-    images, in order (nothing then needs writing), else None.
-    """
+
+def _ingest(
+    raw: Path, settings: Ingest, workers: int, cache_path: Path | None
+) -> tuple[store.Interim, Path | None]:
+    """`ingest`, and the cache's kept images.npy when it holds exactly the accepted images
+    in order (then nothing needs writing), else None."""
     found = scan(raw)
     key = settings_key(settings)
     # The cache knows files by absolute path, however the raw folder is reached.
@@ -426,7 +430,7 @@ def summary(interim: store.Interim, out: Path, max_rows: int = 12) -> str:
 def run(
     raw: Path, out: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
 ) -> store.Interim:
-    interim, kept = ingest(raw, settings, workers, cache_path)
+    interim, kept = _ingest(raw, settings, workers, cache_path)
     if not interim.manifest:
         counts = ", ".join(f"{n} {v}" for v, n in interim.report["files"].items() if n)
         raise PipelineError(

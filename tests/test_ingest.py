@@ -201,7 +201,7 @@ def verdicts_of(interim: store.Interim, found: ingest.Scan) -> dict[str, set[str
 
 def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
     raw, expected = messy
-    interim, _ = ingest.ingest(raw, GRAY)
+    interim = ingest.ingest(raw, GRAY)
     assert verdicts_of(interim, ingest.scan(raw)) == expected
 
     reasons = {row.path: row.reason for row in interim.quarantine}
