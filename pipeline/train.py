@@ -1,7 +1,7 @@
 """Train: fit the model named in params on the prepared arrays, logging with dvclive.
 
-Only Keras 3 APIs: the same code runs on the tensorflow, jax and torch backends
-(KERAS_BACKEND). Batches are read from the memory-mapped arrays as training
+Only Keras 3 APIs: the same code runs on any Keras backend (KERAS_BACKEND; the
+tests train on tensorflow and jax). Batches are read from the memory-mapped arrays as training
 goes, so a data set larger than memory trains too.
 """
 
@@ -122,13 +122,14 @@ def dtype_policy(setting: str, device: str) -> str:
     return "mixed_float16" if mixed else "float32"
 
 
-def environment(policy: str) -> dict:
-    """What ran the training, for dvclive's params: backend, device, library versions."""
+def environment(replicas: int) -> dict:
+    """What ran the training, for dvclive's params: backend, device, precision, versions."""
     backend = keras.backend.backend()
     return {
         "backend": backend,
         "device": device_kind(),
-        "dtype_policy": policy,
+        "dtype_policy": keras.config.dtype_policy().name,  # as train() set it
+        "replicas": replicas,
         "versions": {name: metadata.version(name) for name in ("keras", backend, "numpy", "dvc")},
     }
 
@@ -215,15 +216,20 @@ def run(
         return _train_and_save(processed, model_path, live_dir, params, distribution)
 
 
-def _train_and_save(processed, model_path, live_dir, params, distribution) -> tuple:
+def _train_and_save(
+    processed: Path,
+    model_path: Path,
+    live_dir: Path,
+    params: Params,
+    distribution: distribute.Distribution,
+) -> tuple[keras.Model, bool]:
     train_split = store.read_split(processed, "train")
     val_split = store.read_split(processed, "val")
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
-        policy = dtype_policy(params.train.mixed_precision, device_kind())
-        live.log_params({**environment(policy), "replicas": distribution.replicas})
         logger = LiveLogger(live, len(train_split.labels))
         model = train(train_split, val_split, params, [logger], distribution)
+        live.log_params(environment(distribution.replicas))
     beside = store.beside_model(model_path)
     store.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
     with store.atomic_path(model_path, suffix=".keras") as temporary:
