@@ -25,6 +25,8 @@ import numpy as np
 
 from pipeline import store
 
+# `decoded` held the results with pixels before the other columns; caches made then
+# are dropped rather than read.
 SCHEMA = """
 DROP TABLE IF EXISTS decoded;
 CREATE TABLE IF NOT EXISTS results (
@@ -44,7 +46,8 @@ class Decoded(NamedTuple):
     """What decoding one file gave: pixels and source facts, or the reason it failed."""
 
     sha256: str
-    pixels: bytes | None  # (H, W, C) uint8 in C order; None when rejected
+    # (H, W, C) uint8 in C order: bytes, or a row of the kept array; None when rejected
+    pixels: bytes | np.ndarray | None
     width: int = 0  # as stored in the file, before orientation and resizing
     height: int = 0
     format: str = ""
