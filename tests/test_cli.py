@@ -351,15 +351,16 @@ def test_the_same_data_params_and_seed_give_the_same_metrics_on_cpu(project, tmp
         )  # fmt: skip
 
 
-def test_the_jax_backend_runs_the_same_training_code(project, tmp_path):
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_other_backends_run_the_same_training_code(project, tmp_path, backend):
     paths, _, _ = project
-    outputs = _train_and_evaluate(project, tmp_path, env={"KERAS_BACKEND": "jax"})
+    outputs = _train_and_evaluate(project, tmp_path, env={"KERAS_BACKEND": backend})
     ran_on = yaml.safe_load((outputs["live"] / "params.yaml").read_text())
-    assert ran_on["backend"] == "jax" and "jax" in ran_on["versions"]
+    assert ran_on["backend"] == backend and backend in ran_on["versions"]
     metrics = json.loads((outputs["results"] / "metrics.json").read_text())
     assert metrics["images"] == len(store.read_split(paths["processed"], "test").labels)
     assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
-    # A .keras file is backend-neutral: tensorflow evaluates the model jax trained.
+    # A .keras file is backend-neutral: tensorflow evaluates the model the other one trained.
     result = invoke("--params", paths["params"], "evaluate", "--model", outputs["model"],
                     "--processed", paths["processed"], "--out", tmp_path / "tf")  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -125,3 +125,13 @@ def test_mirrored_trains_on_every_local_device(processed, tmp_path, backend):
     assert "saved sequential model" in output
     ran_on = (tmp_path / "run" / "out" / "live" / "params.yaml").read_text()
     assert f"backend: {backend}" in ran_on and "replicas: 1" in ran_on  # one CPU here
+
+
+def test_a_backend_without_distribution_says_which_to_use(processed, tmp_path):
+    params = write_params(tmp_path / "params.yaml", train={"distribution": "mirrored"})
+    worker = _train(tmp_path / "run", params, processed, {"KERAS_BACKEND": "torch"})
+    output = worker.communicate(timeout=WORKER_TIMEOUT)[0]
+    assert worker.returncode == 1, output
+    assert "train.distribution = 'mirrored' is not available on the torch backend" in output
+    assert "use KERAS_BACKEND=tensorflow or jax" in output and "Traceback" not in output
+    assert list((tmp_path / "run").iterdir()) == []

@@ -157,3 +157,16 @@ def test_every_model_trains_an_epoch_on_tiny_data(tmp_path, model, classes):
     assert epochs.count == 1
     assert trained.output_shape == (None, 1 if classes == 2 else classes)
     assert len(trained.inputs) == (2 if model == "multi_input" else 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_every_model_trains_an_epoch_on_the_other_backends(backend):
+    """The test above, run again in a process whose Keras uses another backend."""
+    selected = f"{__file__}::test_every_model_trains_an_epoch_on_tiny_data"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", selected],
+        cwd=REPO, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "8 passed" in done.stdout
