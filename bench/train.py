@@ -16,6 +16,11 @@ are copied into one raw folder. Then, alternating round by round:
 And each round the bound: the same model fed one constant in-memory batch
 (tf.data repeating one tensor), the epoch time no input pipeline can beat.
 Epoch times are medians over the epochs after the first (which compiles).
+
+    KERAS_BACKEND=jax python -m bench.train FOLDER --per-model
+
+instead trains each of the four models with `imgpipe train` on the backend and
+device at hand and prints training images per second.
 """
 
 import argparse
@@ -34,6 +39,7 @@ from pathlib import Path
 import yaml
 
 from bench.ingest import IMGPIPE, REPO, image_files
+from pipeline.params import MODEL_NAMES
 
 KERAS_WAY = """
 import json, sys, time
@@ -108,9 +114,10 @@ def quiet() -> dict:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def epoch_times(live: Path) -> list[float]:
-    with (live / "plots" / "metrics" / "train" / "epoch_seconds.tsv").open() as file:
-        return [float(row["epoch_seconds"]) for row in csv.DictReader(file, delimiter="\t")]
+def series(live: Path, name: str) -> list[float]:
+    """One per-epoch training figure as dvclive logged it ('epoch_seconds', ...)."""
+    with (live / "plots" / "metrics" / "train" / f"{name}.tsv").open() as file:
+        return [float(row[name]) for row in csv.DictReader(file, delimiter="\t")]
 
 
 def bound(processed: Path, settings: dict) -> list[float]:
@@ -140,14 +147,21 @@ def bound(processed: Path, settings: dict) -> list[float]:
     return times[1:]
 
 
+def bench_params(size: int, color_mode: str, epochs: int) -> dict:
+    """The repository's params at this size, colour mode and number of epochs."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"].update(image_size=[size, size], color_mode=color_mode)
+    params["prepare"]["views"] = [{"image_size": [size, size], "color_mode": color_mode}]
+    params["train"]["epochs"] = epochs
+    return params
+
+
 def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         work = Path(scratch)
+        live = work / "live"
         classes = merged_raw(folder, work / "raw")
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        params["ingest"].update(image_size=[size, size], color_mode=color_mode)
-        params["prepare"]["views"] = [{"image_size": [size, size], "color_mode": color_mode}]
-        params["train"]["epochs"] = epochs
+        params = bench_params(size, color_mode, epochs)
         (work / "params.yaml").write_text(yaml.safe_dump(params))
         second = dict(
             params, train={**params["train"], "learning_rate": params["train"]["learning_rate"] / 2}
@@ -160,10 +174,10 @@ def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) 
         for round_ in range(rounds):
             seconds = imgpipe(work / "params.yaml", work, "ingest", "prepare", "train", "evaluate")
             accuracy = json.loads((work / "results" / "metrics.json").read_text())["accuracy"]
-            rows["imgpipe"].append((seconds, epoch_times(work / "live"), accuracy))
+            rows["imgpipe"].append((seconds, series(live, "epoch_seconds"), accuracy))
             experiment = imgpipe(work / "second.yaml", work, "train", "evaluate")
             accuracy = json.loads((work / "results" / "metrics.json").read_text())["accuracy"]
-            rows["experiment"].append((experiment, epoch_times(work / "live"), accuracy))
+            rows["experiment"].append((experiment, series(live, "epoch_seconds"), accuracy))
             limits += bound(work / "processed", settings)
             if round_ == 0:
                 split_folders(work / "raw", work / "processed" / "splits.csv", work / "splits")
@@ -202,6 +216,33 @@ def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) 
           f"(keras epoch / bound: {medians['keras'][1] / limit:.2f})")  # fmt: skip
 
 
+def per_model(folder: Path, epochs: int, size: int, color_mode: str) -> None:
+    """Each of the four models trained by `imgpipe train` on whatever backend and device
+    this process's environment gives (KERAS_BACKEND): training images per second."""
+    with tempfile.TemporaryDirectory(prefix="bench-models-") as scratch:
+        work = Path(scratch)
+        merged_raw(folder, work / "raw")
+        params = bench_params(size, color_mode, epochs)
+        # multi_input takes a second view in the other colour mode: ingest in colour.
+        other = "grayscale" if color_mode == "rgb" else "rgb"
+        params["ingest"]["color_mode"] = "rgb"
+        params["prepare"]["views"].append({"image_size": [size, size], "color_mode": other})
+        (work / "params.yaml").write_text(yaml.safe_dump(params))
+        imgpipe(work / "params.yaml", work, "ingest", "prepare")
+        print(f"{folder}: {size}x{size} {color_mode} (multi_input: + {other}), {epochs} epochs, "
+              f"batch {params['train']['batch_size']}; medians after the first epoch")  # fmt: skip
+        print(f"{'model':<14}{'backend':>12}{'device':>8}{'images/s':>10}{'epoch s':>10}")
+        for model in MODEL_NAMES:
+            params["train"]["model"] = model
+            (work / "params.yaml").write_text(yaml.safe_dump(params))
+            imgpipe(work / "params.yaml", work, "train")
+            ran_on = yaml.safe_load((work / "live" / "params.yaml").read_text())
+            speed = statistics.median(series(work / "live", "images_per_second")[1:])
+            epoch = statistics.median(series(work / "live", "epoch_seconds")[1:])
+            print(f"{model:<14}{ran_on['backend']:>12}{ran_on['device']:>8}"
+                  f"{speed:>10.0f}{epoch:>10.3f}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
@@ -209,8 +250,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size", type=int, default=64, help="image height and width")
     parser.add_argument("--color-mode", choices=["grayscale", "rgb"], default="rgb")
+    parser.add_argument(
+        "--per-model", action="store_true",
+        help="instead: images per second of each of the four models on this backend and device",
+    )  # fmt: skip
     args = parser.parse_args()
-    measure(args.folder, args.epochs, args.rounds, args.size, args.color_mode)
+    if args.per_model:
+        per_model(args.folder, args.epochs, args.size, args.color_mode)
+    else:
+        measure(args.folder, args.epochs, args.rounds, args.size, args.color_mode)
 
 
 if __name__ == "__main__":
