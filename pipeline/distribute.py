@@ -21,6 +21,7 @@ split evenly across the replicas. The learning rate is not scaled for you.
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -179,9 +180,10 @@ def fit_multi_worker(
     callbacks = keras.callbacks.CallbackList(callbacks, model=model)
     model.stop_training = False
     callbacks.on_train_begin()
+    iterator = iter(dataset)  # one for the whole run: the batches are endless
     for epoch in range(epochs):
         callbacks.on_epoch_begin(epoch)
-        iterator, loss, correct = iter(dataset), 0.0, 0.0
+        loss, correct = 0.0, 0.0
         for _ in range(steps):
             step_loss, step_correct = step(iterator)
             loss, correct = loss + float(step_loss), correct + float(step_correct)
@@ -190,7 +192,6 @@ def fit_multi_worker(
             callbacks.on_test_begin()
             scores = _local_scores(model, validation, loss_of)
             logs |= {f"val_{name}": value for name, value in scores.items()}
-        batches.on_epoch_end()
         callbacks.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
@@ -205,16 +206,17 @@ def _replica_batches(batches, steps: int, replicas: int, context):
     mine = range(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
 
     def rows():
-        for index in range(steps):
-            pixels, labels = batches[index]
-            for replica in mine:  # rows replica, replica + R, ...: an even share
-                share = slice(replica, None, replicas)
-                part = (
-                    pixels[share]
-                    if isinstance(pixels, np.ndarray)
-                    else tuple(p[share] for p in pixels)
-                )
-                yield part, labels[share]
+        for epoch in itertools.count():  # endless: one iterator serves every epoch
+            for index in range(steps):  # whole global batches only
+                pixels, labels = batches[epoch * len(batches) + index]
+                for replica in mine:  # rows replica, replica + R, ...: an even share
+                    share = slice(replica, None, replicas)
+                    part = (
+                        pixels[share]
+                        if isinstance(pixels, np.ndarray)
+                        else tuple(p[share] for p in pixels)
+                    )
+                    yield part, labels[share]
 
     def spec(array):
         return tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype))

@@ -24,15 +24,14 @@ def _split(tmp_path, count=10, views=1) -> store.Split:
     return store.read_split(tmp_path, "train")
 
 
-def _epoch(batches: Batches) -> list[int]:
-    """The row numbers one epoch yields, in order (each image's pixels are its row number)."""
+def _epoch(batches: Batches, epoch: int = 0) -> list[int]:
+    """The row numbers epoch `epoch` yields, in order (each image's pixels are its row number)."""
     rows = []
-    for index in range(len(batches)):
+    for index in range(epoch * len(batches), (epoch + 1) * len(batches)):
         pixels, labels = batches[index]
         first = pixels if isinstance(pixels, np.ndarray) else pixels[0]
         assert np.array_equal(first[:, 0, 0, 0], labels[:, 0])  # pixels and labels stay paired
         rows += labels[:, 0].astype(int).tolist()
-    batches.on_epoch_end()
     return rows
 
 
@@ -40,13 +39,16 @@ def test_batches_read_the_memory_map_in_a_new_seeded_order_each_epoch(tmp_path):
     split = _split(tmp_path)
     assert isinstance(split.views[0], np.memmap)  # nothing loaded up front
     batches = Batches(split, inputs=1, batch_size=4, seed=7)
-    assert len(batches) == 3  # 4 + 4 + 2
-    epochs = [_epoch(batches) for _ in range(3)]
+    assert len(batches) == 3  # 4 + 4 + 2 in an epoch
+    assert batches.num_batches is None  # endless: Keras keeps one iterator for every epoch
+    epochs = [_epoch(batches, epoch) for epoch in range(3)]
     assert all(sorted(epoch) == list(range(10)) for epoch in epochs)  # each image once
     assert len({tuple(epoch) for epoch in epochs}) == 3
+    # The seed and the index alone decide a batch, in whatever order batches are asked for.
     again = Batches(split, inputs=1, batch_size=4, seed=7)
-    assert [_epoch(again) for _ in range(3)] == epochs  # the seed decides every epoch
-    assert _epoch(Batches(split, inputs=1, batch_size=4)) == list(range(10))  # no seed: in order
+    assert [_epoch(again, epoch) for epoch in (2, 0, 1)] == [epochs[2], epochs[0], epochs[1]]
+    once = Batches(split, inputs=1, batch_size=4)
+    assert once.num_batches == 3 and _epoch(once) == list(range(10))  # no seed: one pass in order
 
 
 def test_batches_give_a_tuple_of_views_to_a_two_input_model(tmp_path):
