@@ -73,16 +73,41 @@ class _Epochs(keras.callbacks.Callback):
         self.count += 1
 
 
-def test_early_stopping_ends_training_when_val_loss_stops_improving(tmp_path):
+def _noise(tmp_path, train_count: int, val_count: int) -> None:
+    """Random 16x16 gray train and val images with 0/1 labels unrelated to the pixels."""
     rng = np.random.default_rng(0)
-    # Labels unrelated to the pixels: validation loss cannot keep improving.
-    for split, count in [("train", 32), ("val", 16)]:
+    for split, count in [("train", train_count), ("val", val_count)]:
         store.save_array(
             tmp_path / f"{split}_view0.npy", rng.integers(0, 256, (count, 16, 16, 1), np.uint8)
         )
         store.save_array(
             tmp_path / f"{split}_labels.npy", rng.integers(0, 2, (count, 1)).astype(np.float32)
         )
+
+
+def test_fit_takes_every_epoch_from_one_endless_run_of_batches(tmp_path, monkeypatch):
+    _noise(tmp_path, train_count=12, val_count=4)
+    asked, read = [], Batches.__getitem__
+
+    def recorded(self, index):
+        if self.seed is not None:  # the training batches
+            asked.append(index)
+        return read(self, index)
+
+    monkeypatch.setattr(Batches, "__getitem__", recorded)
+    raw = default_params()
+    raw["train"].update(epochs=2, batch_size=4)
+    epochs = _Epochs()
+    train(store.read_split(tmp_path, "train"), store.read_split(tmp_path, "val"),
+          Params.model_validate(raw), [epochs])  # fmt: skip
+    assert epochs.count == 2
+    # 3 batches an epoch: the second epoch went on to batches 3, 4 and 5 of the same
+    # iterator instead of starting a new one at 0.
+    assert set(range(6)) <= set(asked)
+
+
+def test_early_stopping_ends_training_when_val_loss_stops_improving(tmp_path):
+    _noise(tmp_path, train_count=32, val_count=16)  # val loss cannot keep improving
     raw = default_params()
     raw["train"].update(epochs=40, batch_size=8, learning_rate=0.05,
                         early_stopping={"patience": 2, "restore_best_weights": True})  # fmt: skip
