@@ -42,6 +42,18 @@ def _params(ctx: click.Context) -> Params:
         raise BadParams(str(error)) from None
 
 
+def _load_keras() -> None:
+    """Import Keras before a stage that needs it: a backend it cannot load is one line."""
+    try:
+        import keras  # noqa: F401
+    except (ImportError, ValueError) as error:  # what Keras raises for a backend it lacks
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        raise PipelineError(
+            f"Keras cannot load the {backend!r} backend ({error}); set KERAS_BACKEND to "
+            "tensorflow, jax or torch, installed (pip install -e '.[jax]' or -e '.[torch]')"
+        ) from None
+
+
 def _folder(exists: bool = True) -> click.Path:
     return click.Path(exists=exists, file_okay=False, path_type=Path)
 
@@ -226,6 +238,7 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     usual starting point.
     """
     params = _params(ctx)
+    _load_keras()
     from pipeline import distribute
     from pipeline import train as stage
 
@@ -274,6 +287,7 @@ def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -
     refused.
     """
     _params(ctx)  # validated like every stage, though evaluation reads no setting yet
+    _load_keras()
     from pipeline import evaluate as stage
 
     metrics = stage.run(model_path, processed, out)
@@ -335,6 +349,7 @@ def predict(
     usable images are listed with the reason, like ingest's quarantine.
     """
     params = _params(ctx)
+    _load_keras()
     import json
 
     from pipeline.predict import predict as classify

@@ -310,6 +310,25 @@ def test_predict_lists_unusable_files_and_reads_folders(project, tmp_path):
     assert all(0.33 <= p <= 1 for p in probabilities)  # the winning class of three
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
+def test_a_backend_keras_cannot_load_is_one_line_saying_what_to_set(project, tmp_path, command):
+    paths, _, _ = project
+    arguments = {
+        "train": ["--processed", paths["processed"], "--model-out", tmp_path / "m.keras",
+                  "--live-dir", tmp_path / "live"],
+        "evaluate": ["--model", paths["model"], "--processed", paths["processed"],
+                     "--out", tmp_path / "results"],
+        "predict": [paths["model"], paths["raw"], "--processed", paths["processed"]],
+    }[command]  # fmt: skip
+    done = subprocess.run([BIN / "imgpipe", "--params", paths["params"], command, *arguments],
+                          env={**os.environ, "KERAS_BACKEND": "nonesuch"}, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 1
+    assert "Keras cannot load the 'nonesuch' backend" in done.stderr
+    assert "set KERAS_BACKEND to tensorflow, jax or torch" in done.stderr
+    assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
+
+
 def test_predict_refuses_a_model_for_other_input_shapes(project, tmp_path):
     paths, _, _ = project
     other = write_params(
