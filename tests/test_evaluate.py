@@ -1,10 +1,18 @@
-"""Evaluate's per-class scores and label decoding."""
+"""Evaluate's metrics, per-class scores and label decoding."""
 
+import keras
 import numpy as np
 import pytest
 
-from pipeline.evaluate import class_indices_of, curves, per_class_scores, worst_mistakes
-from pipeline.store import PrecisionRecallPoint, PredictionRow
+from pipeline.evaluate import (
+    class_indices_of,
+    curves,
+    evaluate,
+    per_class_scores,
+    worst_mistakes,
+)
+from pipeline.models import build_model, compile_model
+from pipeline.store import PrecisionRecallPoint, PredictionRow, Split
 
 
 def test_per_class_precision_recall_f1_and_support():
@@ -74,3 +82,21 @@ def test_the_gallery_shows_the_most_confident_mistakes_first():
     assert worst_mistakes(rows) == [2, 3, 1]
     assert worst_mistakes(rows, count=1) == [2]
     assert worst_mistakes(rows[:1]) == []
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_loss_and_accuracy_are_what_model_evaluate_reports(classes):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, 16, 16, 1), dtype=np.uint8)  # more than one batch
+    indices = rng.integers(0, classes, 300)
+    labels = (indices[:, None] if classes == 2 else np.eye(classes)[indices]).astype(np.float32)
+    units = labels.shape[1]
+    model = build_model("sequential", [(16, 16, 1)], units)
+    compile_model(model, units, learning_rate=0.001)
+    names = [f"class{i}" for i in range(classes)]
+    metrics, rows, _ = evaluate(model, Split([pixels], labels), names, [""] * 300)
+    expected = model.evaluate(pixels, labels, batch_size=256, return_dict=True, verbose=0)
+    assert metrics["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+    assert len(rows) == 300
