@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from pipeline import figures, store
 from pipeline.errors import PipelineError
@@ -53,7 +54,9 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
     small = np.stack(
         [
             np.asarray(_pil(image).convert("L").resize((32, 32), Image.Resampling.BOX), np.float64)
-            for image in images
+            for image in tqdm(
+                images, desc="perceptual hashes", unit="img", disable=None, leave=False
+            )
         ]
     )  # (N, 32, 32)
     low = (DCT_32 @ small @ DCT_32.T)[:, :16, :16].reshape(len(images), 256)
@@ -64,20 +67,22 @@ def perceptual_hashes(images: np.ndarray) -> np.ndarray:
 def near_duplicate_pairs(hashes: np.ndarray, max_distance: int, block: int = 512) -> np.ndarray:
     """(P, 2) index pairs i < j whose hashes differ in at most `max_distance` bits.
 
-    All pairs, compared a block of rows at a time: O(N^2) but vectorised.
+    All pairs, a block of rows at a time against the rows from that block on (the
+    pairs with earlier rows were found with their blocks): O(N^2) but vectorised,
+    with a progress bar on a terminal: the time grows with the square of the count.
     """
     if max_distance < 0:
         return np.empty((0, 2), np.int64)
     pairs = []
-    for start in range(0, len(hashes), block):
-        rows = hashes[start : start + block]
-        distances = np.zeros((len(rows), len(hashes)), np.uint16)
+    starts = range(0, len(hashes), block)
+    for start in tqdm(starts, desc="near-duplicates", unit="block", disable=None, leave=False):
+        rows, later = hashes[start : start + block], hashes[start:]
+        distances = np.zeros((len(rows), len(later)), np.uint16)
         for word in range(hashes.shape[1]):
-            distances += np.bitwise_count(rows[:, None, word] ^ hashes[None, :, word])
+            distances += np.bitwise_count(rows[:, None, word] ^ later[None, :, word])
         first, second = np.nonzero(distances <= max_distance)
-        first += start
         keep = second > first
-        pairs.append(np.stack([first[keep], second[keep]], axis=1))
+        pairs.append(np.stack([first[keep], second[keep]], axis=1) + start)
     return np.concatenate(pairs) if pairs else np.empty((0, 2), np.int64)
 
 

@@ -83,6 +83,24 @@ def test_groups_are_transitive_and_take_the_most_test_ward_split():
         assert {splits[i] for i in members} == {highest}
 
 
+@pytest.mark.parametrize("block", [1, 4, 7, 64])
+def test_near_duplicate_pairs_are_every_close_pair_once_whatever_the_block(block):
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, (30, 4), dtype=np.uint64)
+    hashes[10:20] = hashes[:10]
+    hashes[10:20, 0] ^= np.uint64(0b111)  # 3 bits from an earlier image
+    hashes[25] = hashes[5]  # close to 5 and 15, across blocks
+    distance = [
+        sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(x, y, strict=True))
+        for x in hashes
+        for y in hashes
+    ]
+    expected = [(i, j) for i in range(30) for j in range(i + 1, 30) if distance[i * 30 + j] <= 3]
+    pairs = prepare.near_duplicate_pairs(hashes, max_distance=3, block=block)
+    assert sorted(map(tuple, pairs.tolist())) == expected
+    assert len(expected) == 10 + 2  # each edited copy with its original; 25 with 5 and 15
+
+
 def test_the_leakage_metric_counts_pairs_split_apart():
     pairs = np.array([[0, 1], [1, 2]])
     assert prepare.leakage(pairs, ["train", "train", "train"]) == 0
