@@ -33,9 +33,6 @@ CREATE TABLE IF NOT EXISTS results (
     settings TEXT, sha256 TEXT, width INT, height INT, format TEXT, mode TEXT, reason TEXT,
     pixels BLOB, PRIMARY KEY (settings, sha256)
 );
--- Every row holds 4 KB or more of pixels: `lookup` reads the other columns of all of a
--- setting's rows from this index, at a third of the cost of reading them from the table.
-CREATE INDEX IF NOT EXISTS facts ON results (settings, sha256, width, height, format, mode, reason);
 CREATE TABLE IF NOT EXISTS hashes (
     path TEXT PRIMARY KEY, size INT, mtime_ns INT, inode INT, sha256 TEXT
 );
@@ -119,8 +116,8 @@ class DecodeCache:
         in_kept = wanted & row_of.keys()
         found = {}
         if in_kept:
-            # One pass over these settings' rows (the `facts` index: no pixels are read)
-            # costs less than thousands of probes.
+            # One pass over these settings' rows costs less than thousands of index probes,
+            # and pixels, the last column, are never read.
             rows = self.connection.execute(
                 "SELECT sha256, width, height, format, mode, reason FROM results "
                 "WHERE settings = ?",
