@@ -9,12 +9,14 @@ transactions, so a killed run never leaves a half-written entry, and the file
 can be deleted at any time: the next run decodes everything again.
 
 Beside it, the last images.npy ingest wrote is kept (a hard link, or a copy
-across file systems), with its rows' hashes and its stat signature: a re-run
-takes known pixels from it instead of from SQLite, and when the accepted images
-are the same, links it back in place of writing 49 MB again. A kept array whose
-signature changed (edited in place) is ignored, and it can be deleted any time.
+across file systems), with each row's hash and source facts and the file's stat
+signature: a re-run takes known images from it instead of from SQLite, and when
+the accepted images are the same, links it back in place of writing 49 MB
+again. A kept array whose signature changed (edited in place) is ignored, and it
+can be deleted any time.
 """
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -25,10 +27,11 @@ import numpy as np
 
 from pipeline import store
 
-# `decoded` held the results with pixels before the other columns; caches made then
-# are dropped rather than read.
+# `decoded` held the results with pixels before the other columns, `kept` the kept
+# rows' hashes without their facts; caches made then are dropped rather than read.
 SCHEMA = """
 DROP TABLE IF EXISTS decoded;
+DROP TABLE IF EXISTS kept;
 CREATE TABLE IF NOT EXISTS results (
     settings TEXT, sha256 TEXT, width INT, height INT, format TEXT, mode TEXT, reason TEXT,
     pixels BLOB, PRIMARY KEY (settings, sha256)
@@ -36,8 +39,8 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS hashes (
     path TEXT PRIMARY KEY, size INT, mtime_ns INT, inode INT, sha256 TEXT
 );
-CREATE TABLE IF NOT EXISTS kept (
-    settings TEXT, hashes TEXT, size INT, mtime_ns INT, inode INT
+CREATE TABLE IF NOT EXISTS kept_array (
+    settings TEXT, rows TEXT, size INT, mtime_ns INT, inode INT
 );
 """
 
@@ -63,11 +66,12 @@ class Kept(NamedTuple):
     """The last images.npy ingest wrote with these settings, memory-mapped."""
 
     path: Path
-    hashes: list[str]  # the sha256 of each row, in order
     array: np.ndarray
+    results: list[Decoded]  # row i's: its pixels (a view of `array`) and its source facts
 
-    def row_of(self) -> dict[str, int]:
-        return {sha256: row for row, sha256 in enumerate(self.hashes)}
+    @property
+    def hashes(self) -> list[str]:
+        return [result.sha256 for result in self.results]
 
 
 class DecodeCache:
@@ -108,25 +112,12 @@ class DecodeCache:
             )
 
     def lookup(self, hashes: Iterable[str], kept: Kept | None = None) -> dict[str, Decoded]:
-        """Cached results; the pixels of hashes in `kept` are its rows, not read from SQLite."""
+        """Cached results; those of the rows of `kept` come from it, not from SQLite."""
         if self.connection is None:
             return {}
-        row_of = kept.row_of() if kept else {}
         wanted = set(hashes)
-        in_kept = wanted & row_of.keys()
-        found = {}
-        if in_kept:
-            # One pass over these settings' rows costs less than thousands of index probes,
-            # and pixels, the last column, are never read.
-            rows = self.connection.execute(
-                "SELECT sha256, width, height, format, mode, reason FROM results "
-                "WHERE settings = ?",
-                (self.settings_key,),
-            )
-            for sha256, *facts in rows:
-                if sha256 in in_kept:
-                    found[sha256] = Decoded(sha256, kept.array[row_of[sha256]], *facts)
-        rest = sorted(wanted - in_kept)
+        found = {r.sha256: r for r in kept.results if r.sha256 in wanted} if kept else {}
+        rest = sorted(wanted - found.keys())
         for start in range(0, len(rest), 500):  # one query per batch, not per file
             batch = rest[start : start + 500]
             query = (
@@ -142,7 +133,7 @@ class DecodeCache:
         if self.connection is None:
             return None
         row = self.connection.execute(
-            "SELECT hashes, size, mtime_ns, inode FROM kept WHERE settings = ?",
+            "SELECT rows, size, mtime_ns, inode FROM kept_array WHERE settings = ?",
             (self.settings_key,),
         ).fetchone()
         path = self.kept_path
@@ -153,18 +144,23 @@ class DecodeCache:
             return None
         # A plain ndarray view of the map: indexing np.memmap rows costs 10x more.
         array = store.load_array(path).view(np.ndarray)
-        return Kept(path, row[0].split(",") if row[0] else [], array)
+        rows = enumerate(json.loads(row[0]))
+        return Kept(
+            path, array, [Decoded(sha256, array[i], *facts) for i, (sha256, *facts) in rows]
+        )
 
-    def keep(self, images: Path, hashes: list[str]) -> None:
-        """Keep the images.npy just written, whose rows have these hashes."""
+    def keep(self, images: Path, manifest: list[store.ManifestRow]) -> None:
+        """Keep the images.npy just written, whose rows `manifest` describes."""
         if self.connection is None:
             return
         store.link_or_copy(images, self.kept_path)
+        # The facts travel with the rows: a re-run then reads no row of `results` for them.
+        rows = [[r.sha256, r.width, r.height, r.format, r.mode] for r in manifest]
         with self.connection:
-            self.connection.execute("DELETE FROM kept")
+            self.connection.execute("DELETE FROM kept_array")
             self.connection.execute(
-                "INSERT INTO kept VALUES (?, ?, ?, ?, ?)",
-                (self.settings_key, ",".join(hashes), *signature(self.kept_path.stat())),
+                "INSERT INTO kept_array VALUES (?, ?, ?, ?, ?)",
+                (self.settings_key, json.dumps(rows), *signature(self.kept_path.stat())),
             )
 
     @property

@@ -441,7 +441,7 @@ def run(
     if cache_path is not None and kept is None:  # keep what was written for the next run
         cache = DecodeCache(cache_path, settings_key(settings))
         try:
-            cache.keep(out / "images.npy", [row.sha256 for row in interim.manifest])
+            cache.keep(out / "images.npy", interim.manifest)
         finally:
             cache.close()
     return interim
