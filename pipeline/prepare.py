@@ -69,7 +69,7 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int, block: int = 512
 
     All pairs, a block of rows at a time against the rows from that block on (the
     pairs with earlier rows were found with their blocks): O(N^2) but vectorised,
-    with a progress bar on a terminal: the time grows with the square of the count.
+    with a progress bar on a terminal.
     """
     if max_distance < 0:
         return np.empty((0, 2), np.int64)
