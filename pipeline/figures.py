@@ -8,10 +8,10 @@ import io
 import numpy as np
 
 
-def new_figure(width: float, height: float):
+def new_figure(width: float, height: float, layout: str | None = "constrained"):
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-    return Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), layout=layout)
 
 
 def image_grid(
@@ -20,20 +20,37 @@ def image_grid(
     row_titles: list[str] | None = None,
     cell_titles: list[list[str]] | None = None,
 ) -> bytes:
-    """(H, W, C) uint8 images in rows; short rows leave their cells blank."""
-    columns = max([1, *(len(row) for row in rows)])
-    figure = new_figure(columns * 1.4, max(1, len(rows)) * 1.5)
-    grid = figure.subplots(max(1, len(rows)), columns, squeeze=False)
-    for r, row_axes in enumerate(grid):
-        for c, axes in enumerate(row_axes):
-            axes.set_axis_off()
-            if r < len(rows) and c < len(rows[r]):
-                image = rows[r][c]
-                axes.imshow(image.squeeze(), cmap="gray" if image.shape[2] == 1 else None)
-                if cell_titles:
-                    axes.set_title(cell_titles[r][c], fontsize=7)
+    """(H, W, C) uint8 images in rows; short rows leave their cells blank.
+
+    The cells are pasted into one mosaic drawn in one Axes: an Axes per cell took
+    1.8 s for 20 classes of 8 samples, the mosaic a tenth of that.
+    """
+    images = [image for row in rows for image in row]
+    height = max([1, *(image.shape[0] for image in images)])
+    width = max([1, *(image.shape[1] for image in images)])
+    channels = images[0].shape[2] if images else 1
+    inch = 1.2 / max(height, width)  # the longer side of a cell's image is 1.2 in
+    gap = round(0.2 / inch)  # between columns
+    band = round((0.32 if cell_titles else 0.26 if row_titles else 0.1) / inch)  # titles
+    columns, lines = max([1, *(len(row) for row in rows)]), max(1, len(rows))
+    mosaic = np.full((lines * (band + height), columns * (width + gap), channels), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            top, left = r * (band + height) + band, c * (width + gap) + gap // 2
+            mosaic[top : top + image.shape[0], left : left + image.shape[1]] = image
+
+    above = 0.45  # inches for the title
+    figure = new_figure(mosaic.shape[1] * inch, mosaic.shape[0] * inch + above, layout=None)
+    axes = figure.add_axes((0, 0, 1, 1 - above / figure.get_figheight()))
+    axes.set_axis_off()
+    axes.imshow(mosaic.squeeze(2) if channels == 1 else mosaic, cmap="gray", vmin=0, vmax=255)
+    for r in range(len(rows)):
+        top = r * (band + height) + band - 1
         if row_titles and r < len(row_titles):
-            row_axes[0].set_title(row_titles[r], loc="left", fontsize=9)
+            axes.text(gap // 2, top, row_titles[r], fontsize=9, va="bottom")
+        for c in range(len(rows[r]) if cell_titles else 0):
+            middle = c * (width + gap) + gap // 2 + width / 2
+            axes.text(middle, top, cell_titles[r][c], fontsize=7, ha="center", va="bottom")
     figure.suptitle(title)
     return png(figure)
 
