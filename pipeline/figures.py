@@ -39,8 +39,8 @@ def image_grid(
             top, left = r * (band + height) + band, c * (width + gap) + gap // 2
             mosaic[top : top + image.shape[0], left : left + image.shape[1]] = image
 
-    above = 0.45  # inches for the title
-    figure = new_figure(mosaic.shape[1] * inch, mosaic.shape[0] * inch + above, layout=None)
+    above = 0.45  # inches for the title, which needs about 4 in even above one cell
+    figure = new_figure(max(4, mosaic.shape[1] * inch), mosaic.shape[0] * inch + above, layout=None)
     axes = figure.add_axes((0, 0, 1, 1 - above / figure.get_figheight()))
     axes.set_axis_off()
     axes.imshow(mosaic.squeeze(2) if channels == 1 else mosaic, cmap="gray", vmin=0, vmax=255)
