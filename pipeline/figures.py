@@ -23,7 +23,7 @@ def image_grid(
     """(H, W, C) uint8 images in rows; short rows leave their cells blank.
 
     The cells are pasted into one mosaic drawn in one Axes: an Axes per cell took
-    1.8 s for 20 classes of 8 samples, the mosaic a tenth of that.
+    1.8 s for 20 classes of 8 samples, the mosaic 0.77 s.
     """
     images = [image for row in rows for image in row]
     height = max([1, *(image.shape[0] for image in images)])
@@ -48,9 +48,10 @@ def image_grid(
         top = r * (band + height) + band - 1
         if row_titles and r < len(row_titles):
             axes.text(gap // 2, top, row_titles[r], fontsize=9, va="bottom")
-        for c in range(len(rows[r]) if cell_titles else 0):
-            middle = c * (width + gap) + gap // 2 + width / 2
-            axes.text(middle, top, cell_titles[r][c], fontsize=7, ha="center", va="bottom")
+        if cell_titles:
+            for c, text in enumerate(cell_titles[r]):
+                middle = c * (width + gap) + gap // 2 + width / 2
+                axes.text(middle, top, text, fontsize=7, ha="center", va="bottom")
     figure.suptitle(title)
     return png(figure)
 
