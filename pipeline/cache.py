@@ -6,7 +6,8 @@ hash and the ingest settings, so a hit is exactly what decoding would give.
 A second table maps a file's stat signature (size, mtime, inode) to its hash,
 like git's index, so unchanged files are not even read. SQLite commits whole
 transactions, so a killed run never leaves a half-written entry, and the file
-can be deleted at any time: the next run decodes everything again.
+can be deleted at any time: the next run decodes everything again. A damaged
+file (not SQLite, or torn pages) is set aside by ingest, which starts anew.
 
 Beside it, the last images.npy ingest wrote is kept (a hard link, or a copy
 across file systems), with each row's hash and source facts and the file's stat
@@ -56,6 +57,19 @@ class Decoded(NamedTuple):
     format: str = ""
     mode: str = ""
     reason: str | None = None  # why the file was quarantined
+
+
+def is_damaged(error: sqlite3.DatabaseError) -> bool:
+    """SQLite's "file is not a database" and "database disk image is malformed" are plain
+    DatabaseErrors; busy, locked, full or read-only files are OperationalErrors."""
+    return type(error) is sqlite3.DatabaseError
+
+
+def set_aside(path: Path) -> Path:
+    """Move a damaged cache out of the way (kept, not deleted); returns its new path."""
+    aside = path.with_name(path.name + ".damaged")
+    os.replace(path, aside)
+    return aside
 
 
 def signature(stat: os.stat_result) -> tuple[int, int, int]:

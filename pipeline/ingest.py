@@ -17,6 +17,8 @@ import hashlib
 import io
 import os
 import re
+import sqlite3
+import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ import PIL
 from PIL import Image, ImageOps
 
 from pipeline import store
-from pipeline.cache import DecodeCache, Decoded, Kept, signature
+from pipeline.cache import DecodeCache, Decoded, Kept, is_damaged, set_aside, signature
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
 
@@ -429,6 +431,24 @@ def summary(interim: store.Interim, out: Path, max_rows: int = 12) -> str:
 
 def run(
     raw: Path, out: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
+) -> store.Interim:
+    try:
+        return _run(raw, out, settings, workers, cache_path)
+    except sqlite3.DatabaseError as error:
+        if cache_path is None or not is_damaged(error):
+            raise
+        # Only a cache: set it aside and do the work again with a new one.
+        aside = set_aside(cache_path)
+        print(
+            f"ingest: warning: the decode cache {cache_path} is damaged ({error}); "
+            f"moved it to {aside} and decoding every file again",
+            file=sys.stderr,
+        )
+        return _run(raw, out, settings, workers, cache_path)
+
+
+def _run(
+    raw: Path, out: Path, settings: Ingest, workers: int, cache_path: Path | None
 ) -> store.Interim:
     interim, kept = _ingest(raw, settings, workers, cache_path)
     if not interim.manifest:

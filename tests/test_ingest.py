@@ -360,6 +360,32 @@ def test_an_unchanged_rerun_links_the_kept_array_instead_of_writing_it(tmp_path,
     assert written(tmp_path / "changed") == written(tmp_path / "scratch")
 
 
+@pytest.mark.parametrize("damage", ["not a database", "pages overwritten"])
+def test_a_damaged_cache_is_set_aside_with_a_warning_and_the_run_goes_on(
+    tmp_path, capsys, counted_decodes, damage
+):
+    raw = make_dataset(tmp_path / "raw", per_class=4)
+    cache = tmp_path / "cache.sqlite"
+    ingest.run(raw, tmp_path / "scratch", GRAY, cache_path=None)
+    if damage == "not a database":
+        cache.write_bytes(b"\x00" * 100 + os.urandom(3000))
+    else:  # a torn write: the schema page survives, the tables do not
+        ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
+        with cache.open("r+b") as file:
+            file.seek(4096)
+            file.write(b"\xff" * (cache.stat().st_size - 4096))
+    damaged = cache.read_bytes()
+
+    ingest.run(raw, tmp_path / "out", GRAY, cache_path=cache)
+    assert written(tmp_path / "out") == written(tmp_path / "scratch")
+    assert f"decode cache {cache} is damaged" in capsys.readouterr().err
+    assert cache.with_name("cache.sqlite.damaged").read_bytes() == damaged  # kept, not deleted
+    counted_decodes.clear()
+    ingest.run(raw, tmp_path / "again", GRAY, cache_path=cache)  # the new cache serves
+    assert counted_decodes == []
+    assert written(tmp_path / "again") == written(tmp_path / "scratch")
+
+
 def test_a_kept_array_edited_or_deleted_is_not_trusted(tmp_path):
     raw = make_dataset(tmp_path / "raw", per_class=4)
     cache = tmp_path / "cache.sqlite"
