@@ -19,6 +19,7 @@ import os
 import re
 import sqlite3
 import sys
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
 
 # Bumped whenever decode_image would give other pixels for the same file and settings.
 DECODER_VERSION = 1
+
+COMMIT_SECONDS = 0.5  # the most decoding work a killed run loses from the cache
 
 # Files people keep beside their images; anything else is tried as an image.
 NOT_IMAGES = frozenset(
@@ -274,14 +277,18 @@ def _decode_new(
 
     results, fresh = {}, []
     decoded = _examine_all([Path(p) for p in todo], settings, cache, workers)
+    committed = time.monotonic()
     with tqdm(total=len(todo), desc="ingest", unit="img", disable=None) as progress:
         for path, result in zip(todo, decoded, strict=True):
             results[path] = result
             if result.sha256:
                 fresh.append(result)
-            if len(fresh) >= 128:  # commit as we go: a killed run keeps its progress
+            # Commit as we go, so a killed run keeps its progress; by time, not by count:
+            # each commit waits for the disk (every 128 images cost 8% of 5,000 photos).
+            if time.monotonic() - committed >= COMMIT_SECONDS:
                 cache.store(fresh)
                 fresh.clear()
+                committed = time.monotonic()
             progress.update()
     cache.store(fresh)
     return results
