@@ -284,7 +284,7 @@ def _decode_new(
             if result.sha256:
                 fresh.append(result)
             # Commit as we go, so a killed run keeps its progress; by time, not by count:
-            # each commit waits for the disk (every 128 images cost 8% of 5,000 photos).
+            # each commit waits for the disk (every 128 images cost 8-12% of 5,000 photos).
             if time.monotonic() - committed >= COMMIT_SECONDS:
                 cache.store(fresh)
                 fresh.clear()
