@@ -391,8 +391,11 @@ def stack_pixels(results: list[Decoded], settings: Ingest, kept: Kept | None = N
         return kept.array  # the same images in the same order: nothing to copy
     height, width = settings.image_size
     channels = 1 if settings.color_mode == "grayscale" else 3
-    pixels = b"".join(result.pixels for result in results)
-    return np.frombuffer(pixels, np.uint8).reshape(-1, height, width, channels)
+    # Row by row into one array: b"".join of the rows took twice as long.
+    images = np.empty((len(results), height * width * channels), np.uint8)
+    for row, result in zip(images, results, strict=True):
+        row[:] = np.frombuffer(result.pixels, np.uint8)  # bytes, or a row of the kept array
+    return images.reshape(-1, height, width, channels)
 
 
 def _report(verdicts: dict[str, list[str]], found: Scan) -> dict:
