@@ -12,14 +12,17 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
-from dvclive import Live
 
 from pipeline import distribute, figures, store
 from pipeline.models import build_model, compile_model
 from pipeline.params import Params
+
+if TYPE_CHECKING:  # imported where it is used: evaluate and predict import Batches from here
+    from dvclive import Live
 
 
 class Batches(keras.utils.PyDataset):
@@ -84,7 +87,7 @@ class LiveLogger(keras.callbacks.Callback):
     TensorFlow, which would tie training to one backend.
     """
 
-    def __init__(self, live: Live, images_per_epoch: int):
+    def __init__(self, live: "Live", images_per_epoch: int):
         super().__init__()
         self.live, self.images = live, images_per_epoch
         self.started = self.trained = None
@@ -236,6 +239,8 @@ def _train_and_save(
     params: Params,
     distribution: distribute.Distribution,
 ) -> tuple[keras.Model, bool]:
+    from dvclive import Live
+
     train_split = store.read_split(processed, "train")
     val_split = store.read_split(processed, "val")
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
