@@ -26,7 +26,9 @@ def env(tmp_path):
 
 
 def sh(env, cwd, *command, ok=True) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    # A bounded wait: SeaweedFS without a free volume (under 1 GiB of free disk) leaves
+    # `dvc push` retrying for ever, which would hang the run instead of failing this test.
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if ok:
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
     return done
