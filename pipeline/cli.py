@@ -403,8 +403,8 @@ def pull(targets: tuple[str, ...], remote: str | None) -> None:
 def main() -> None:
     # Hide TensorFlow's C++ start-up chatter (CUDA probing and the like).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # At exit, Python's garbage collector walks every object the imports made, several
-    # times: 1.1 s of a Keras process's exit. Frozen objects are skipped; the outputs are
-    # all written and closed by then, and the OS frees the memory anyway.
+    # At exit, Python's garbage collector walks every object the imports made: 1.1 s of
+    # a Keras process's exit. Frozen objects are skipped; the outputs are all written
+    # and closed by then, and the OS frees the memory anyway.
     atexit.register(gc.freeze)
     cli()
