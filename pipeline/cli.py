@@ -5,6 +5,7 @@ and the stages that do not train never pay for importing TensorFlow.
 """
 
 import atexit
+import errno
 import gc
 import os
 from pathlib import Path
@@ -35,6 +36,31 @@ class Group(click.Group):
             return super().invoke(ctx)
         except PipelineError as error:
             raise click.ClickException(str(error)) from None
+        except OSError as error:  # the file system refused: one line, not a traceback
+            if error.errno == errno.EPIPE:  # a reader of our output left: click's own case
+                raise
+            raise click.ClickException(_refused(error)) from None
+
+
+# What to do next, by the file system's reason.
+NEXT_STEPS = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space",
+    errno.EACCES: "fix its permissions or choose another path (see --help)",
+    errno.EPERM: "fix its permissions or choose another path (see --help)",
+    errno.EROFS: "choose a path on a writable file system (see --help)",
+    errno.EEXIST: "a file stands where a folder is needed: move it or choose another path",
+    errno.ENOTDIR: "part of the path is a file, not a folder: choose another path",
+}
+
+
+def _refused(error: OSError) -> str:
+    """'No such file or directory: PATH; ...': the reason, the path, what to do next."""
+    where = f": {error.filename}" if error.filename else ""
+    if error.filename2:
+        where += f" -> {error.filename2}"
+    step = NEXT_STEPS.get(error.errno, "check the path (see --help)")
+    return f"{error.strerror or error}{where}; {step}, then run the command again"
 
 
 def _params(ctx: click.Context) -> Params:

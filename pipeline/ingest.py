@@ -445,8 +445,11 @@ def run(
     try:
         return _run(raw, out, settings, workers, cache_path)
     except sqlite3.DatabaseError as error:
-        if cache_path is None or not is_damaged(error):
-            raise
+        if not is_damaged(error):  # busy past the timeout, read-only, full: not ours to fix
+            raise PipelineError(
+                f"the decode cache {cache_path} cannot be used ({error}); run again with "
+                "--no-cache or another --cache path, or after the ingest that holds it ends"
+            ) from None
         # Only a cache: set it aside and do the work again with a new one.
         aside = set_aside(cache_path)
         print(

@@ -190,6 +190,19 @@ def test_a_data_problem_exits_1_with_a_message_not_a_traceback(tmp_path):
     assert not out.exists()
 
 
+def test_a_path_the_file_system_refuses_exits_1_with_one_line_naming_it(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "a_file" / "interim"
+    result = invoke("--params", write_params(tmp_path / "params.yaml"), "ingest",
+                    "--raw", raw, "--out", out, "--no-cache")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: Not a directory: {out}; part of the path is a file, not a folder: "
+        "choose another path, then run the command again\n"
+    )
+
+
 def test_evaluate_refuses_a_model_trained_with_another_label_map(project, tmp_path):
     paths, _, _ = project
     processed = tmp_path / "processed"

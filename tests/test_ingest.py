@@ -386,6 +386,17 @@ def test_a_damaged_cache_is_set_aside_with_a_warning_and_the_run_goes_on(
     assert written(tmp_path / "again") == written(tmp_path / "scratch")
 
 
+def test_a_cache_that_cannot_be_opened_stops_the_run_with_what_to_do(tmp_path):
+    # Busy past the timeout, read-only or full are the same kind of SQLite error; a
+    # folder in the cache's place gives it on any machine, even to root.
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    in_the_way = tmp_path / "cache.sqlite"
+    in_the_way.mkdir()
+    with pytest.raises(PipelineError, match="cannot be used .* --no-cache"):
+        ingest.run(raw, tmp_path / "out", GRAY, cache_path=in_the_way)
+    assert list(in_the_way.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
 def test_a_kept_array_edited_or_deleted_is_not_trusted(tmp_path):
     raw = make_dataset(tmp_path / "raw", per_class=4)
     cache = tmp_path / "cache.sqlite"
