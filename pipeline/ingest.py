@@ -226,14 +226,14 @@ def _reason(error: Exception) -> str:
     return " ".join(f"{type(error).__name__}: {message}".split())
 
 
-def examine(path: Path, settings: Ingest, cache: DecodeCache) -> Decoded:
+def examine(path: Path, settings: Ingest, cache: DecodeCache | None = None) -> Decoded:
     """Read one file and decode it, unless the cache already holds that content."""
     try:
         data = path.read_bytes()
     except OSError as error:
         return Decoded("", None, reason=_unreadable(error))
     sha256 = hashlib.sha256(data).hexdigest()
-    hit = cache.lookup([sha256]).get(sha256)
+    hit = cache.lookup([sha256]).get(sha256) if cache else None
     return hit if hit is not None else examine_bytes(data, settings, sha256)
 
 

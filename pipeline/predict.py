@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline import store
 from pipeline.evaluate import class_indices_of, confidence_of, load_matching_model
-from pipeline.ingest import examine_bytes, stack_pixels
+from pipeline.ingest import examine, stack_pixels
 from pipeline.params import Params
 from pipeline.prepare import derive_view
 
@@ -28,15 +28,18 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 def predict(model_path: Path, processed: Path, paths: list[Path], params: Params) -> list[dict]:
     """One row per file: its label and probability, or why it could not be read as an image."""
-    files = image_files(paths)
-    results = [examine_bytes(file.read_bytes(), params.ingest) for file in files]
-    usable = [result for result in results if result.reason is None]
+    from tqdm import tqdm
+
     shapes = [
         (*view.image_size, 1 if view.color_mode == "grayscale" else 3)
         for view in params.prepare.views
     ]
-    model = load_matching_model(model_path, processed, shapes)
+    model = load_matching_model(model_path, processed, shapes)  # refused before any decoding
     names = list(store.read_json(store.beside_model(model_path)["labels"]))
+    files = image_files(paths)
+    progress = tqdm(files, desc="predict", unit="img", disable=None, leave=False)
+    results = [examine(file, params.ingest) for file in progress]
+    usable = [result for result in results if result.reason is None]
     predictions = iter([])
     if usable:
         images = stack_pixels(usable, params.ingest)

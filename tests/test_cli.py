@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline import store
+from pipeline import ingest, store
 from pipeline.cli import cli
 from tests.conftest import BIN, FAST, REPO, make_dataset, write_params
 
@@ -342,8 +342,13 @@ def test_a_backend_keras_cannot_load_is_one_line_saying_what_to_set(project, tmp
     assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
 
 
-def test_predict_refuses_a_model_for_other_input_shapes(project, tmp_path):
+def test_predict_refuses_a_model_for_other_input_shapes_before_decoding(
+    project, tmp_path, monkeypatch
+):
     paths, _, _ = project
+    decoded = []
+    real = ingest.decode_image
+    monkeypatch.setattr(ingest, "decode_image", lambda *a: decoded.append(1) or real(*a))
     other = write_params(
         tmp_path / "params.yaml",
         ingest={"image_size": [48, 48]},
@@ -353,6 +358,7 @@ def test_predict_refuses_a_model_for_other_input_shapes(project, tmp_path):
                     "--processed", paths["processed"])  # fmt: skip
     assert result.exit_code == 1
     assert "takes inputs of shape [(32, 32, 1)]" in result.output
+    assert decoded == []
 
 
 def _train_and_evaluate(project, folder, env=None) -> dict:
