@@ -5,9 +5,13 @@ and the stages that do not train never pay for importing TensorFlow.
 """
 
 import atexit
+import contextlib
 import errno
 import gc
 import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -73,13 +77,56 @@ def _params(ctx: click.Context) -> Params:
 def _load_keras() -> None:
     """Import Keras before a stage that needs it: a backend it cannot load is one line."""
     try:
-        import keras  # noqa: F401
+        with _cpp_log_level_applied():
+            import keras  # noqa: F401
     except (ImportError, ValueError) as error:  # what Keras raises for a backend it lacks
         backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         raise PipelineError(
             f"Keras cannot load the {backend!r} backend ({error}); set KERAS_BACKEND to "
             "tensorflow, jax or torch, installed (pip install -e '.[jax]' or -e '.[torch]')"
         ) from None
+
+
+# A line of C++ logging, "I0000 00:00:1795656605.433950    7992 port.cc:153] ...", whose
+# first letter is its severity; and absl's note that such lines are not yet filtered.
+CPP_LOG_LINE = re.compile(r"([IWEF])\d{4} [\d:.]+ +\d+ [\w.-]+:\d+\] ")
+ABSL_NOTE = "WARNING: All log messages before absl::InitializeLog() is called"
+
+
+def below_level(line: str, level: int) -> bool:
+    """Whether TF_CPP_MIN_LOG_LEVEL = `level` (0 all, 1 no INFO, 2 no WARNING, 3 no ERROR)
+    hides this line."""
+    if line.startswith(ABSL_NOTE):
+        severity = "W"
+    elif found := CPP_LOG_LINE.match(line):
+        severity = found[1]
+    else:
+        return False
+    return "IWEF".index(severity) < level
+
+
+@contextlib.contextmanager
+def _cpp_log_level_applied():
+    """While TensorFlow loads, its C++ code logs INFO lines (oneDNN, CUDA probing) to file
+    descriptor 2 before its logging reads TF_CPP_MIN_LOG_LEVEL: hold them in a file, then
+    pass on the lines that level lets through, and everything else."""
+    setting = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
+    level = int(setting) if setting.isdigit() else 0
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines(keepends=True):
+                if not below_level(line, level):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def _folder(exists: bool = True) -> click.Path:
@@ -427,8 +474,10 @@ def pull(targets: tuple[str, ...], remote: str | None) -> None:
 
 
 def main() -> None:
-    # Hide TensorFlow's C++ start-up chatter (CUDA probing and the like).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Hide TensorFlow's C++ start-up chatter, "failed call to cuInit" on every machine
+    # without a GPU included; train says which device it runs on, and
+    # TF_CPP_MIN_LOG_LEVEL=0 shows everything.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # At exit, Python's garbage collector walks every object the imports made: 1.1 s of
     # a Keras process's exit. Frozen objects are skipped; the outputs are all written
     # and closed by then, and the OS frees the memory anyway.

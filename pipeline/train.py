@@ -81,16 +81,27 @@ class Batches(keras.utils.PyDataset):
 
 
 class LiveLogger(keras.callbacks.Callback):
-    """Log every epoch's metrics, its training time and images per second to dvclive.
+    """Log what trains (backend, device, versions) and every epoch's metrics, its training
+    time and images per second to dvclive; say on stdout what trains.
 
     dvclive ships a Keras callback, but it subclasses tf.keras and imports
     TensorFlow, which would tie training to one backend.
     """
 
-    def __init__(self, live: "Live", images_per_epoch: int):
+    def __init__(self, live: "Live", images_per_epoch: int, replicas: int):
         super().__init__()
-        self.live, self.images = live, images_per_epoch
+        self.live, self.images, self.replicas = live, images_per_epoch, replicas
         self.started = self.trained = None
+
+    def on_train_begin(self, logs=None):
+        ran_on = environment(self.replicas)
+        self.live.log_params(ran_on)
+        replicas = f", {self.replicas} replicas" if self.replicas > 1 else ""
+        print(
+            f"train: {self.images} images an epoch on {ran_on['device']}{replicas}, "
+            f"{ran_on['backend']} backend, {ran_on['dtype_policy']}",
+            flush=True,
+        )
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started, self.trained = self._now(), None
@@ -245,9 +256,8 @@ def _train_and_save(
     val_split = store.read_split(processed, "val")
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
-        logger = LiveLogger(live, len(train_split.labels))
+        logger = LiveLogger(live, len(train_split.labels), distribution.replicas)
         model = train(train_split, val_split, params, [logger], distribution)
-        live.log_params(environment(distribution.replicas))
     beside = store.beside_model(model_path)
     store.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
     with store.atomic_path(model_path, suffix=".keras") as temporary:

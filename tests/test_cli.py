@@ -7,13 +7,15 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from pipeline import ingest, store
-from pipeline.cli import cli
+from pipeline.cli import below_level, cli
+from pipeline.train import device_kind
 from tests.conftest import BIN, FAST, REPO, make_dataset, write_params
 
 STAGES = ["ingest", "prepare", "train", "evaluate"]
@@ -116,6 +118,9 @@ def test_the_stages_by_hand_write_every_output(project):
     assert 'Model: "sequential"' in summary and "Flatten" in summary
     assert beside["architecture"].read_bytes().startswith(PNG)
     assert "is a placeholder" not in outputs["train"]  # graphviz is installed here
+    images = len(store.read_split(paths["processed"], "train").labels)
+    said = f"train: {images} images an epoch on {device_kind()}, {keras.backend.backend()} backend"
+    assert outputs["train"].startswith(said)
 
     live = json.loads((paths["live"] / "metrics.json").read_text())
     assert set(live["train"]) == {"loss", "accuracy", "epoch_seconds", "images_per_second"}
@@ -340,6 +345,34 @@ def test_a_backend_keras_cannot_load_is_one_line_saying_what_to_set(project, tmp
     assert "Keras cannot load the 'nonesuch' backend" in done.stderr
     assert "set KERAS_BACKEND to tensorflow, jax or torch" in done.stderr
     assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_tensorflows_start_up_chatter_is_held_back_by_default(project):
+    paths, _, _ = project
+    command = [BIN / "imgpipe", "--params", paths["params"], "predict", paths["model"],
+               paths["raw"] / "dark", "--processed", paths["processed"]]  # fmt: skip
+    plain = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(command, env=plain, capture_output=True, text=True, check=True)
+    assert done.stderr == ""
+    assert len(done.stdout.splitlines()) == 1 + 16
+
+
+@pytest.mark.parametrize(
+    ("line", "hidden_from"),
+    [
+        ("I0000 00:00:1795656605.433950    7992 port.cc:153] oneDNN custom operations", 1),
+        ("W0000 00:00:1795656605.433950    7992 gpu_device.cc:2] Cannot dlopen", 2),
+        ("WARNING: All log messages before absl::InitializeLog() is called are written", 2),
+        ("E0000 00:00:1795656608.615942    7992 cuda_platform.cc:52] failed call to cuInit", 3),
+        ("F0000 00:00:1795656608.615942    7992 check.cc:1] Check failed", 4),
+        ("Traceback (most recent call last):", 4),
+        ("I think, therefore", 4),
+    ],
+)
+def test_tf_cpp_min_log_level_hides_exactly_the_lines_below_it(line, hidden_from):
+    assert [below_level(line, level) for level in range(4)] == [
+        level >= hidden_from for level in range(4)
+    ]
 
 
 def test_predict_refuses_a_model_for_other_input_shapes_before_decoding(
