@@ -142,7 +142,14 @@ def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) 
             f"{model_path} was trained with the label map {trained_with}, but "
             f"{processed / 'labels.json'} is {current}; train again (dvc repro) first"
         )
-    model = keras.saving.load_model(model_path, safe_mode=True)
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True)
+    except Exception as error:  # not a zip, a torn zip, a broken config or weights file...
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise PipelineError(
+            f"{model_path} cannot be loaded as a Keras model ({reason}); it is damaged or not "
+            "a .keras file: train again (dvc repro) or fetch it again (dvc pull)"
+        ) from None
     wanted = [tuple(shape[1:]) for shape in (i.shape for i in model.inputs)]
     given = [tuple(shape) for shape in shapes[: len(wanted)]]
     if given != wanted:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -229,6 +230,26 @@ def test_evaluate_refuses_a_model_without_its_label_map(project, tmp_path):
     assert result.exit_code == 1
     assert "has no model.labels.json beside it" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("damage", ["cut short", "weights torn"])
+def test_a_damaged_model_file_is_one_line_saying_how_to_get_it_back(project, tmp_path, damage):
+    paths, _, _ = project
+    damaged = tmp_path / "model.keras"
+    if damage == "cut short":
+        damaged.write_bytes(paths["model"].read_bytes()[:5000])
+    else:  # a whole zip whose weights file lost its second half
+        with zipfile.ZipFile(paths["model"]) as source, zipfile.ZipFile(damaged, "w") as target:
+            for name in source.namelist():
+                data = source.read(name)
+                target.writestr(name, data[: len(data) // 2] if name.endswith(".h5") else data)
+    shutil.copy(store.beside_model(paths["model"])["labels"], store.beside_model(damaged)["labels"])
+    result = invoke("--params", paths["params"], "evaluate", "--model", damaged,
+                    "--processed", paths["processed"], "--out", tmp_path / "out")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {damaged} cannot be loaded as a Keras model (")
+    assert result.output.endswith("train again (dvc repro) or fetch it again (dvc pull)\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_refuses_a_model_whose_input_shape_differs(project, tmp_path):
