@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import PipelineError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -246,9 +248,23 @@ def save_array(path: Path, array: np.ndarray) -> None:
             file.write(data[start : start + WRITE_PIECE])
 
 
+@contextmanager
+def _parsing(path: Path) -> Iterator[None]:
+    """A stage's output that is there but cannot be parsed: say which, and how to mend it."""
+    try:
+        yield
+    except (ValueError, TypeError, csv.Error) as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise PipelineError(
+            f"{path} is damaged ({reason}); restore it (dvc checkout) or run the stage "
+            "that writes it again (dvc repro)"
+        ) from None
+
+
 def load_array(path: Path) -> np.ndarray:
     """Memory-map an array written by `save_array` (read-only, never unpickled)."""
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    with _parsing(path):
+        return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -261,7 +277,8 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
+    with _parsing(path):
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _write_rows(path: Path, row_type: type, rows: list) -> None:
@@ -274,7 +291,7 @@ def _write_rows(path: Path, row_type: type, rows: list) -> None:
 
 
 def _read_rows(path: Path, row_type: type) -> list:
-    with path.open(newline="", encoding="utf-8") as file:
+    with _parsing(path), path.open(newline="", encoding="utf-8") as file:
         return _parse_rows(file, row_type)
 
 

@@ -1,4 +1,4 @@
-"""The array format every stage writes: plain .npy, as NumPy itself writes it."""
+"""The on-disk format: arrays exactly as NumPy writes them, and damaged files named."""
 
 import io
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline import store
+from pipeline.errors import PipelineError
 
 
 @pytest.mark.parametrize(
@@ -25,3 +26,37 @@ def test_arrays_are_written_byte_for_byte_as_np_save_writes_them(tmp_path, array
     assert (tmp_path / "a.npy").read_bytes() == expected.getvalue()
     loaded = np.load(tmp_path / "a.npy", allow_pickle=False)
     assert loaded.dtype == array.dtype and np.array_equal(loaded, array)
+
+
+def _cut_array(folder):
+    store.save_array(folder / "images.npy", np.zeros((4, 8, 8, 1), np.uint8))
+    data = (folder / "images.npy").read_bytes()
+    (folder / "images.npy").write_bytes(data[: len(data) // 2])
+
+
+def _rows_without_columns(folder):
+    (folder / "manifest.csv").write_text("path,label\ndark/1.png,dark\n")
+
+
+def _cut_json(folder):
+    (folder / "report.json").write_text('{"files": ')
+
+
+@pytest.mark.parametrize(
+    ("damage", "name"),
+    [
+        (_cut_array, "images.npy"),
+        (_rows_without_columns, "manifest.csv"),
+        (_cut_json, "report.json"),
+    ],
+)
+def test_a_damaged_output_is_named_with_how_to_mend_it(tmp_path, damage, name):
+    interim = store.Interim(np.zeros((0, 8, 8, 1), np.uint8), [], [], [], {"files": {}})
+    store.write_interim(tmp_path, interim)
+    damage(tmp_path)
+    with pytest.raises(PipelineError) as raised:
+        store.read_interim(tmp_path)
+    assert str(raised.value).startswith(f"{tmp_path / name} is damaged (")
+    assert str(raised.value).endswith(
+        "restore it (dvc checkout) or run the stage that writes it again (dvc repro)"
+    )
