@@ -109,7 +109,11 @@ def below_level(line: str, level: int) -> bool:
 def _cpp_log_level_applied():
     """While TensorFlow loads, its C++ code logs INFO lines (oneDNN, CUDA probing) to file
     descriptor 2 before its logging reads TF_CPP_MIN_LOG_LEVEL: hold them in a file, then
-    pass on the lines that level lets through, and everything else."""
+    pass on the lines that level lets through, and everything else. A file, not a pipe:
+    a pipe's reader thread needs the GIL, which the import holds for long stretches, and
+    a full pipe would block TensorFlow. The cost: a process that dies inside the import
+    loses those lines.
+    """
     setting = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")
     level = int(setting) if setting.isdigit() else 0
     sys.stderr.flush()
