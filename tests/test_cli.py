@@ -1,6 +1,7 @@
 """The click commands, run as a user runs them."""
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -207,6 +208,21 @@ def test_a_path_the_file_system_refuses_exits_1_with_one_line_naming_it(tmp_path
         f"Error: Not a directory: {out}; part of the path is a file, not a folder: "
         "choose another path, then run the command again\n"
     )
+
+
+def test_a_full_disk_exits_1_saying_to_free_space(tmp_path, monkeypatch):
+    def full(path, array):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write() raises, no path
+
+    monkeypatch.setattr(store, "save_array", full)
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    result = invoke("--params", write_params(tmp_path / "params.yaml"), "ingest",
+                    "--raw", raw, "--out", tmp_path / "interim", "--no-cache")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: No space left on device; free some space, then run the command again\n"
+    )
+    assert not (tmp_path / "interim" / "report.json").exists()
 
 
 def test_evaluate_refuses_a_model_trained_with_another_label_map(project, tmp_path):
