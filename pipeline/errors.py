@@ -1,5 +1,15 @@
-"""The one exception type a stage raises for a problem the user can fix."""
+"""The one exception type a stage raises for a problem the user can fix, and how any
+exception is told in one line."""
+
+import re
 
 
 class PipelineError(Exception):
     """Bad input data or state; the CLI prints the message (no traceback) and exits 1."""
+
+
+def one_line(error: BaseException) -> str:
+    """'TypeName: message' on one line, and the same on every run: no object addresses
+    like '<_io.BytesIO at 0x..>'."""
+    message = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))
+    return " ".join(f"{type(error).__name__}: {message}".split())

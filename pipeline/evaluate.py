@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from pipeline import figures, store
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 from pipeline.train import Batches
 
 GALLERY_SIZE = 16  # the most confidently wrong test images drawn in errors.png
@@ -145,10 +145,9 @@ def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) 
     try:
         model = keras.saving.load_model(model_path, safe_mode=True)
     except Exception as error:  # not a zip, a torn zip, a broken config or weights file...
-        reason = " ".join(f"{type(error).__name__}: {error}".split())
         raise PipelineError(
-            f"{model_path} cannot be loaded as a Keras model ({reason}); it is damaged or not "
-            "a .keras file: train again (dvc repro) or fetch it again (dvc pull)"
+            f"{model_path} cannot be loaded as a Keras model ({one_line(error)}); it is damaged "
+            "or not a .keras file: train again (dvc repro) or fetch it again (dvc pull)"
         ) from None
     wanted = [tuple(shape[1:]) for shape in (i.shape for i in model.inputs)]
     given = [tuple(shape) for shape in shapes[: len(wanted)]]

@@ -16,7 +16,6 @@ turns an image file into model input.
 import hashlib
 import io
 import os
-import re
 import sqlite3
 import sys
 import time
@@ -34,7 +33,7 @@ from PIL import Image, ImageOps
 
 from pipeline import store
 from pipeline.cache import DecodeCache, Decoded, Kept, is_damaged, set_aside, signature
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 from pipeline.params import Ingest
 
 VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
@@ -216,14 +215,8 @@ def examine_bytes(data: bytes, settings: Ingest, sha256: str | None = None) -> D
     except Rejected as error:
         return Decoded(sha256, None, reason=str(error))
     except Exception as error:  # Any decoder failure is a verdict on this file, not the run.
-        return Decoded(sha256, None, reason=_reason(error))
+        return Decoded(sha256, None, reason=one_line(error))
     return Decoded(sha256, pixels.tobytes(), *facts)
-
-
-def _reason(error: Exception) -> str:
-    """One line, and the same on every run: no object addresses like '<_io.BytesIO at 0x..>'."""
-    message = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))
-    return " ".join(f"{type(error).__name__}: {message}".split())
 
 
 def examine(path: Path, settings: Ingest, cache: DecodeCache | None = None) -> Decoded:

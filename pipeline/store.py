@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
 
 SPLITS = ("train", "val", "test")
 
@@ -254,9 +254,8 @@ def _parsing(path: Path) -> Iterator[None]:
     try:
         yield
     except (ValueError, TypeError, csv.Error) as error:
-        reason = " ".join(f"{type(error).__name__}: {error}".split())
         raise PipelineError(
-            f"{path} is damaged ({reason}); restore it (dvc checkout) or run the stage "
+            f"{path} is damaged ({one_line(error)}); restore it (dvc checkout) or run the stage "
             "that writes it again (dvc repro)"
         ) from None
 
