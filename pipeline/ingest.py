@@ -219,14 +219,14 @@ def examine_bytes(data: bytes, settings: Ingest, sha256: str | None = None) -> D
     return Decoded(sha256, pixels.tobytes(), *facts)
 
 
-def examine(path: Path, settings: Ingest, cache: DecodeCache | None = None) -> Decoded:
+def examine(path: Path, settings: Ingest, cache: DecodeCache) -> Decoded:
     """Read one file and decode it, unless the cache already holds that content."""
     try:
         data = path.read_bytes()
     except OSError as error:
         return Decoded("", None, reason=_unreadable(error))
     sha256 = hashlib.sha256(data).hexdigest()
-    hit = cache.lookup([sha256]).get(sha256) if cache else None
+    hit = cache.lookup([sha256]).get(sha256)
     return hit if hit is not None else examine_bytes(data, settings, sha256)
 
 
@@ -247,10 +247,15 @@ def _examine_in_worker(path: Path) -> Decoded:
     return examine(path, _worker["settings"], _worker["cache"])
 
 
-def _examine_all(
-    paths: list[Path], settings: Ingest, cache: DecodeCache, workers: int
+def examine_all(
+    paths: list[Path],
+    settings: Ingest,
+    cache: DecodeCache,
+    workers: int,
+    start_method: str | None = None,
 ) -> Iterator[Decoded]:
-    """Results in the order of `paths`, decoded on `workers` processes."""
+    """Results in the order of `paths`, decoded on `workers` processes, started by
+    `start_method` (multiprocessing's default, fork on Linux, unless named)."""
     if workers <= 1 or len(paths) < 2 * workers:
         yield from (examine(path, settings, cache) for path in paths)
         return
@@ -258,7 +263,8 @@ def _examine_all(
 
     chunk = max(1, min(256, len(paths) // (workers * 4)))  # few, large chunks: less IPC
     state = (settings, cache.path, cache.settings_key)
-    with multiprocessing.Pool(workers, _start_worker, state) as pool:
+    context = multiprocessing.get_context(start_method)
+    with context.Pool(workers, _start_worker, state) as pool:
         yield from pool.imap(_examine_in_worker, paths, chunksize=chunk)
 
 
@@ -269,7 +275,7 @@ def _decode_new(
     from tqdm import tqdm  # only runs that decode pay for importing it
 
     results, fresh = {}, []
-    decoded = _examine_all([Path(p) for p in todo], settings, cache, workers)
+    decoded = examine_all([Path(p) for p in todo], settings, cache, workers)
     committed = time.monotonic()
     with tqdm(total=len(todo), desc="ingest", unit="img", disable=None) as progress:
         for path, result in zip(todo, decoded, strict=True):

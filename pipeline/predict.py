@@ -8,8 +8,9 @@ model is refused if its label map or input shapes do not match.
 from pathlib import Path
 
 from pipeline import store
+from pipeline.cache import DecodeCache
 from pipeline.evaluate import class_indices_of, confidence_of, load_matching_model
-from pipeline.ingest import examine, stack_pixels
+from pipeline.ingest import examine_all, settings_key, stack_pixels, usable_cores
 from pipeline.params import Params
 from pipeline.prepare import derive_view
 
@@ -37,8 +38,12 @@ def predict(model_path: Path, processed: Path, paths: list[Path], params: Params
     model = load_matching_model(model_path, processed, shapes)  # refused before any decoding
     names = list(store.read_json(store.beside_model(model_path)["labels"]))
     files = image_files(paths)
-    progress = tqdm(files, desc="predict", unit="img", disable=None, leave=False)
-    results = [examine(file, params.ingest) for file in progress]
+    nothing_kept = DecodeCache(None, settings_key(params.ingest))
+    # Spawned, not forked: this process runs TensorFlow's threads, and a forked child
+    # inherits any lock one of them holds, held for ever.
+    decoding = examine_all(files, params.ingest, nothing_kept, usable_cores(), "spawn")
+    progress = tqdm(decoding, total=len(files), desc="predict", unit="img", disable=None)
+    results = list(progress)
     usable = [result for result in results if result.reason is None]
     predictions = iter([])
     if usable:
