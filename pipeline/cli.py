@@ -137,6 +137,14 @@ def _folder(exists: bool = True) -> click.Path:
     return click.Path(exists=exists, file_okay=False, path_type=Path)
 
 
+WORKERS = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Decoding processes. [default: every usable core]",
+)
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--params",
@@ -190,12 +198,7 @@ def demo_data(folder: Path, force: bool) -> None:
     show_default=True,
     help="Where to write images.npy, manifest.csv, quarantine.csv, duplicates.csv, report.json.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Decoding processes. [default: every usable core]",
-)
+@WORKERS
 @click.option(
     "--cache",
     "cache_path",
@@ -415,10 +418,16 @@ def diff(rev_a: str, rev_b: str | None, splits_csv: Path, as_json: bool) -> None
     show_default=True,
     help="The prepared data whose labels.json the model must have been trained with.",
 )
+@WORKERS
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def predict(
-    ctx: click.Context, model_path: Path, paths: tuple[Path, ...], processed: Path, as_json: bool
+    ctx: click.Context,
+    model_path: Path,
+    paths: tuple[Path, ...],
+    processed: Path,
+    workers: int | None,
+    as_json: bool,
 ) -> None:
     """Classify image files, or every image in folders, with a trained model.
 
@@ -431,9 +440,10 @@ def predict(
     _load_keras()
     import json
 
+    from pipeline.ingest import usable_cores
     from pipeline.predict import predict as classify
 
-    rows = classify(model_path, processed, list(paths), params)
+    rows = classify(model_path, processed, list(paths), params, workers or usable_cores())
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline import store
 from pipeline.cache import DecodeCache
 from pipeline.evaluate import class_indices_of, confidence_of, load_matching_model
-from pipeline.ingest import examine_all, settings_key, stack_pixels, usable_cores
+from pipeline.ingest import examine_all, settings_key, stack_pixels
 from pipeline.params import Params
 from pipeline.prepare import derive_view
 
@@ -27,7 +27,9 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def predict(model_path: Path, processed: Path, paths: list[Path], params: Params) -> list[dict]:
+def predict(
+    model_path: Path, processed: Path, paths: list[Path], params: Params, workers: int = 1
+) -> list[dict]:
     """One row per file: its label and probability, or why it could not be read as an image."""
     from tqdm import tqdm
 
@@ -41,7 +43,7 @@ def predict(model_path: Path, processed: Path, paths: list[Path], params: Params
     nothing_kept = DecodeCache(None, settings_key(params.ingest))
     # Spawned, not forked: this process runs TensorFlow's threads, and a forked child
     # inherits any lock one of them holds, held for ever.
-    decoding = examine_all(files, params.ingest, nothing_kept, usable_cores(), "spawn")
+    decoding = examine_all(files, params.ingest, nothing_kept, workers, "spawn")
     progress = tqdm(decoding, total=len(files), desc="predict", unit="img", disable=None)
     results = list(progress)
     usable = [result for result in results if result.reason is None]

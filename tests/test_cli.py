@@ -365,6 +365,16 @@ def test_predict_lists_unusable_files_and_reads_folders(project, tmp_path):
     assert all(0.33 <= p <= 1 for p in probabilities)  # the winning class of three
 
 
+def test_predict_gives_the_same_rows_on_one_worker_and_several(project):
+    paths, _, _ = project
+    rows = [
+        json.loads(invoke("--params", paths["params"], "predict", paths["model"], paths["raw"],
+                          "--processed", paths["processed"], "--workers", workers, "--json").output)
+        for workers in (1, 3)
+    ]  # fmt: skip
+    assert len(rows[0]) == 48 and rows[0] == rows[1]
+
+
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
 def test_a_backend_keras_cannot_load_is_one_line_saying_what_to_set(project, tmp_path, command):
     paths, _, _ = project
