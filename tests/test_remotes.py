@@ -26,8 +26,8 @@ def env(tmp_path):
 
 
 def sh(env, cwd, *command, ok=True) -> subprocess.CompletedProcess:
-    # A bounded wait: SeaweedFS without a free volume (under 1 GiB of free disk) leaves
-    # `dvc push` retrying for ever, which would hang the run instead of failing this test.
+    # A bounded wait: on a nearly full disk (782 MB free when seen) SeaweedFS registers no
+    # volume and `dvc push` retries for ever, which would hang the run, not fail this test.
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if ok:
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
