@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 MODEL_NAMES = ("sequential", "functional", "shared_input", "multi_input")
 RESIZE_MODES = ("stretch", "pad", "crop")
@@ -120,6 +127,14 @@ class Train(_Section):
     distribution: Literal["none", "mirrored", "multi_worker"] = Field(
         description="none (one device), mirrored (all local GPUs) or multi_worker (TF_CONFIG)"
     )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        # YAML 1.1 reads an unquoted on or off as true or false.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 class Params(_Section):

@@ -82,6 +82,15 @@ def test_invalid_params_name_key_value_and_what_is_allowed(tmp_path, content, fr
         assert fragment in message
 
 
+@pytest.mark.parametrize("written, meant", [("on", "on"), ("off", "off"), ("'on'", "on")])
+def test_mixed_precision_on_and_off_as_written_unquoted_in_yaml(tmp_path, written, meant):
+    # YAML 1.1 reads an unquoted on/off as true/false; the allowed values say on and off.
+    text = (REPO / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("mixed_precision: auto", f"mixed_precision: {written}"))
+    assert load_params(path).train.mixed_precision == meant
+
+
 def test_a_file_that_is_not_yaml_is_reported_with_its_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("base:\n  seed: 1\ntrain: [unclosed\n")
