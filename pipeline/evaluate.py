@@ -7,6 +7,7 @@ import numpy as np
 
 from pipeline import figures, store
 from pipeline.errors import PipelineError, one_line
+from pipeline.models import loss_for
 from pipeline.train import Batches
 
 GALLERY_SIZE = 16  # the most confidently wrong test images drawn in errors.png
@@ -106,9 +107,9 @@ def evaluate(
     batches = Batches(test, len(model.inputs), batch_size=256)
     predictions = model.predict(batches, verbose=0)
     labels = np.asarray(test.labels)
-    # The compiled loss on these predictions is what model.evaluate would report, without
+    # The training loss on these predictions is what model.evaluate would report, without
     # running the model over the test split a second time.
-    loss = model.compute_loss(y=labels, y_pred=predictions)
+    loss = keras.ops.mean(keras.losses.get(loss_for(labels.shape[1]))(labels, predictions))
     probabilities = predictions.astype(np.float64)
     predicted, actual = class_indices_of(probabilities), class_indices_of(labels)
     confidence = confidence_of(probabilities, predicted)
@@ -143,7 +144,10 @@ def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) 
             f"{processed / 'labels.json'} is {current}; train again (dvc repro) first"
         )
     try:
-        model = keras.saving.load_model(model_path, safe_mode=True)
+        # Uncompiled: evaluating and predicting need no optimizer, and a mixed-precision
+        # model's loss-scaling optimizer does not load back into a float32 process (Keras
+        # warns that it skips its variables).
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except Exception as error:  # not a zip, a torn zip, a broken config or weights file...
         raise PipelineError(
             f"{model_path} cannot be loaded as a Keras model ({one_line(error)}); it is damaged "

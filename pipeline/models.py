@@ -122,19 +122,21 @@ def _multi_input(gray_shape, colour_shape, units, augment) -> keras.Model:
     return keras.Model(inputs, _output(units)(x), name="multi_input")
 
 
+def loss_for(units: int) -> str:
+    """The training loss: binary cross-entropy for one sigmoid unit, else categorical."""
+    return "binary_crossentropy" if units == 1 else "categorical_crossentropy"
+
+
 def compile_model(
     model: keras.Model, units: int, learning_rate: float, steps_per_execution: int = 1
 ) -> None:
     if units == 1:
-        loss, accuracy = "binary_crossentropy", keras.metrics.BinaryAccuracy(name="accuracy")
+        accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
     else:
-        loss, accuracy = (
-            "categorical_crossentropy",
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-        )
+        accuracy = keras.metrics.CategoricalAccuracy(name="accuracy")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=loss,
+        loss=loss_for(units),
         metrics=[accuracy],
         steps_per_execution=steps_per_execution,
     )

@@ -268,6 +268,32 @@ def test_a_damaged_model_file_is_one_line_saying_how_to_get_it_back(project, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_a_mixed_precision_model_evaluates_and_predicts_without_optimizer_warnings(
+    project, tmp_path, recwarn
+):
+    # What train.mixed_precision: auto gives on every GPU. Keras cannot load its
+    # loss-scaling optimizer back into a float32 process and warned on every evaluate.
+    paths, commands, _ = project
+    params = write_params(tmp_path / "params.yaml", **{**FAST, "train": {
+        **FAST["train"], "mixed_precision": "on"}})  # fmt: skip
+    model = tmp_path / "model.keras"
+    try:
+        trained = invoke("--params", params, "train", "--processed", paths["processed"],
+                         "--model-out", model, "--live-dir", tmp_path / "live")  # fmt: skip
+    finally:
+        keras.config.set_dtype_policy("float32")  # the policy is global to the process
+    assert trained.exit_code == 0 and "mixed_float16" in trained.output, trained.output
+    results = tmp_path / "results"
+    evaluated = invoke("--params", params, "evaluate", "--model", model,
+                       "--processed", paths["processed"], "--out", results)  # fmt: skip
+    predicted = invoke("--params", params, "predict", model, paths["raw"],
+                       "--processed", paths["processed"], "--workers", 1)  # fmt: skip
+    assert evaluated.exit_code == 0 and predicted.exit_code == 0, evaluated.output
+    assert [str(w.message) for w in recwarn if "optimizer" in str(w.message)] == []
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert np.isfinite(metrics["loss"]) and 0 <= metrics["accuracy"] <= 1
+
+
 def test_evaluate_refuses_a_model_whose_input_shape_differs(project, tmp_path):
     paths, _, _ = project
     processed = tmp_path / "processed"
