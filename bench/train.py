@@ -20,7 +20,9 @@ Epoch times are medians over the epochs after the first (which compiles).
     KERAS_BACKEND=jax python -m bench.train FOLDER --per-model
 
 instead trains each of the four models with `imgpipe train` on the backend and
-device at hand and prints training images per second.
+device at hand and prints training images per second, beside plain `model.fit` of
+the same model on the training split held in memory (whether imgpipe's batches
+keep up with the device).
 """
 
 import argparse
@@ -39,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from bench.ingest import IMGPIPE, REPO, image_files
+from pipeline import store
 from pipeline.params import MODEL_NAMES
 
 KERAS_WAY = """
@@ -103,8 +106,10 @@ def imgpipe(params: Path, work: Path, *stages: str) -> float:
     }  # fmt: skip
     start = time.perf_counter()
     for stage in stages:
-        subprocess.run([IMGPIPE, "--params", params, stage, *arguments[stage]], check=True,
-                       capture_output=True, env=quiet())  # fmt: skip
+        done = subprocess.run([IMGPIPE, "--params", params, stage, *arguments[stage]],
+                              capture_output=True, text=True, env=quiet())  # fmt: skip
+        if done.returncode:
+            sys.exit(f"bench: imgpipe {stage} failed (exit {done.returncode}):\n{done.stderr}")
     return time.perf_counter() - start
 
 
@@ -112,20 +117,18 @@ def quiet() -> dict:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def series(live: Path, name: str) -> list[float]:
-    """One per-epoch training figure as dvclive logged it ('epoch_seconds', ...)."""
-    with (live / "plots" / "metrics" / "train" / f"{name}.tsv").open() as file:
+def series(live: Path, name: str, split: str = "train") -> list[float]:
+    """One per-epoch figure as dvclive logged it ('epoch_seconds', ...; split 'train' or 'val')."""
+    with (live / "plots" / "metrics" / split / f"{name}.tsv").open() as file:
         return [float(row[name]) for row in csv.DictReader(file, delimiter="\t")]
 
 
 def bound(processed: Path, settings: dict) -> list[float]:
     """Epoch times after the first of the same model fed one constant batch (a tf.data
     dataset repeating one in-memory tensor), as many steps as an epoch."""
-    import keras
     import numpy as np
     import tensorflow as tf
 
-    from pipeline import store
     from pipeline.models import build_model, compile_model
 
     split = store.read_split(processed, "train")
@@ -136,12 +139,47 @@ def bound(processed: Path, settings: dict) -> list[float]:
     units = labels.shape[1]
     model = build_model(settings["model"], [pixels.shape[1:]], units)
     compile_model(model, units, settings["learning_rate"])
+    return epoch_times(model, [constant], settings["epochs"], shuffle=False)
+
+
+def in_memory(processed: Path, settings: dict) -> list[float]:
+    """Epoch times after the first of plain `model.fit` on the training split loaded into
+    memory as numpy arrays: the same model, precision and steps per execution, fed by
+    Keras' own array input instead of imgpipe's batches. Any backend."""
+    import keras
+    import numpy as np
+
+    from pipeline.models import INPUTS, build_model, compile_model
+    from pipeline.train import device_kind, dtype_policy
+
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(dtype_policy(settings["mixed_precision"], device_kind()))
+    split = store.read_split(processed, "train")
+    views = [np.asarray(view) for view in split.views[: INPUTS[settings["model"]]]]
+    labels = np.asarray(split.labels)
+    units = labels.shape[1]
+    model = build_model(settings["model"], [view.shape[1:] for view in views], units)
+    compile_model(model, units, settings["learning_rate"], settings["steps_per_execution"])
+    pixels = views[0] if len(views) == 1 else views
+    return epoch_times(model, [pixels, labels], settings["epochs"],
+                       batch_size=settings["batch_size"], shuffle=True)  # fmt: skip
+
+
+def epoch_times(model, data: list, epochs: int, **fit) -> list[float]:
+    """`model.fit(*data, ...)`'s epoch times after the first (which compiles). The clock
+    waits for the weights, as jax and torch return before the device has finished."""
+    import keras
+
+    def now() -> float:
+        keras.ops.convert_to_numpy(model.trainable_weights[-1])
+        return time.perf_counter()
+
     times = []
     clock = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: times.append(-time.perf_counter()),
-        on_epoch_end=lambda epoch, logs: times.append(times.pop() + time.perf_counter()),
+        on_epoch_begin=lambda epoch, logs: times.append(-now()),
+        on_epoch_end=lambda epoch, logs: times.append(times.pop() + now()),
     )
-    model.fit(constant, epochs=settings["epochs"], shuffle=False, verbose=0, callbacks=[clock])
+    model.fit(*data, epochs=epochs, verbose=0, callbacks=[clock], **fit)
     return times[1:]
 
 
@@ -217,9 +255,12 @@ def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) 
           f"(keras epoch / bound: {medians['keras'][1] / limit:.2f})")  # fmt: skip
 
 
-def per_model(folder: Path, epochs: int, size: int, color_mode: str) -> None:
+def per_model(
+    folder: Path, epochs: int, size: int, color_mode: str, steps_per_execution: int
+) -> None:
     """Each of the four models trained by `imgpipe train` on whatever backend and device
-    this process's environment gives (KERAS_BACKEND): training images per second."""
+    this process's environment gives (KERAS_BACKEND): training images per second, and
+    the same model's plain `model.fit` on in-memory arrays (`in_memory`) beside it."""
     with tempfile.TemporaryDirectory(prefix="bench-models-") as scratch:
         work = Path(scratch)
         merged_raw(folder, work / "raw")
@@ -228,11 +269,13 @@ def per_model(folder: Path, epochs: int, size: int, color_mode: str) -> None:
         other = "grayscale" if color_mode == "rgb" else "rgb"
         params["ingest"]["color_mode"] = "rgb"
         params["prepare"]["views"].append({"image_size": [size, size], "color_mode": other})
+        params["train"]["steps_per_execution"] = steps_per_execution
         (work / "params.yaml").write_text(yaml.safe_dump(params))
         imgpipe(work / "params.yaml", work, "ingest", "prepare")
         print(f"{folder}: {size}x{size} {color_mode} (multi_input: + {other}), {epochs} epochs, "
-              f"batch {params['train']['batch_size']}; medians after the first epoch")  # fmt: skip
-        print(f"{'model':<14}{'backend':>12}{'device':>8}{'images/s':>10}{'epoch s':>10}")
+              f"batch {params['train']['batch_size']}, {steps_per_execution} steps per execution; "
+              "medians after the first epoch")  # fmt: skip
+        rows = []
         for model in MODEL_NAMES:
             params["train"]["model"] = model
             (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -240,8 +283,18 @@ def per_model(folder: Path, epochs: int, size: int, color_mode: str) -> None:
             ran_on = yaml.safe_load((work / "live" / "params.yaml").read_text())
             speed = statistics.median(series(work / "live", "images_per_second")[1:])
             epoch = statistics.median(series(work / "live", "epoch_seconds")[1:])
+            accuracy = series(work / "live", "accuracy", "val")[-1]  # after the last epoch
+            rows.append((model, ran_on, speed, epoch, accuracy))
+        # Only now: this process's backend may take the device's memory (jax on a GPU).
+        images = len(store.read_split(work / "processed", "train").labels)
+        print(f"{'model':<14}{'backend':>12}{'device':>8}{'precision':>15}{'images/s':>10}"
+              f"{'epoch s':>10}{'val acc':>9}{'in-memory img/s':>17}")  # fmt: skip
+        for model, ran_on, speed, epoch, accuracy in rows:
+            plain = images / statistics.median(in_memory(work / "processed", {**params["train"],
+                                                         "model": model}))  # fmt: skip
             print(f"{model:<14}{ran_on['backend']:>12}{ran_on['device']:>8}"
-                  f"{speed:>10.0f}{epoch:>10.3f}")  # fmt: skip
+                  f"{ran_on['dtype_policy']:>15}{speed:>10.0f}{epoch:>10.3f}"
+                  f"{accuracy:>9.3f}{plain:>17.0f}")  # fmt: skip
 
 
 def main() -> None:
@@ -255,9 +308,13 @@ def main() -> None:
         "--per-model", action="store_true",
         help="instead: images per second of each of the four models on this backend and device",
     )  # fmt: skip
+    parser.add_argument(
+        "--steps-per-execution", type=int, default=1,
+        help="with --per-model: train.steps_per_execution (batches per call into the backend)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.per_model:
-        per_model(args.folder, args.epochs, args.size, args.color_mode)
+        per_model(args.folder, args.epochs, args.size, args.color_mode, args.steps_per_execution)
     else:
         measure(args.folder, args.epochs, args.rounds, args.size, args.color_mode)
 
