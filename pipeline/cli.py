@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import errno
 import gc
+import importlib
 import os
 import re
 import sys
@@ -74,17 +75,41 @@ def _params(ctx: click.Context) -> Params:
         raise BadParams(str(error)) from None
 
 
-def _load_keras() -> None:
-    """Import Keras before a stage that needs it: a backend it cannot load is one line."""
+# Keras, TensorFlow and dvclive import these at start-up when they are installed, for
+# features no stage uses (pandas inputs and plots, the scikit-learn wrappers, TF Lite's
+# jax converter), each behind `except ImportError`: over 1 s of a training process.
+NOT_FOR_KERAS = ("pandas", "sklearn", "jax")
+
+
+def _load_keras(also: tuple[str, ...] = ()) -> None:
+    """Import Keras, and the modules `also` names, before a stage that needs them, without
+    NOT_FOR_KERAS (except the backend): a backend Keras cannot load is one line."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    with _not_imported(set(NOT_FOR_KERAS) - {backend}):
+        try:
+            with _cpp_log_level_applied():
+                import keras  # noqa: F401
+        except (ImportError, ValueError) as error:  # what Keras raises for a backend it lacks
+            raise PipelineError(
+                f"Keras cannot load the {backend!r} backend ({error}); set KERAS_BACKEND to "
+                "tensorflow, jax or torch, installed (pip install -e '.[jax]' or -e '.[torch]')"
+            ) from None
+        for name in also:
+            importlib.import_module(name)
+
+
+@contextlib.contextmanager
+def _not_imported(modules: set[str]):
+    """Inside the block, importing one of `modules` not yet imported raises ImportError
+    (a None in sys.modules); afterwards it imports as usual."""
+    held_off = [name for name in sorted(modules) if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(held_off))
     try:
-        with _cpp_log_level_applied():
-            import keras  # noqa: F401
-    except (ImportError, ValueError) as error:  # what Keras raises for a backend it lacks
-        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-        raise PipelineError(
-            f"Keras cannot load the {backend!r} backend ({error}); set KERAS_BACKEND to "
-            "tensorflow, jax or torch, installed (pip install -e '.[jax]' or -e '.[torch]')"
-        ) from None
+        yield
+    finally:
+        for name in held_off:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
 
 
 # A line of C++ logging, "I0000 00:00:1795656605.433950    7992 port.cc:153] ...", whose
@@ -320,7 +345,7 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     usual starting point.
     """
     params = _params(ctx)
-    _load_keras()
+    _load_keras(also=("dvclive",))
     from pipeline import distribute
     from pipeline import train as stage
 

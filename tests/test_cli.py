@@ -312,6 +312,19 @@ def test_a_missing_input_folder_names_the_option(tmp_path):
     assert "--interim" in result.output and "does not exist" in result.output
 
 
+@pytest.mark.parametrize("backend, loaded", [("tensorflow", []), ("jax", ["jax"])])
+def test_keras_and_dvclive_load_without_pandas_sklearn_or_another_backend(backend, loaded):
+    # Over a second of every training process went on these; they still import afterwards.
+    code = (
+        "import sys; from pipeline.cli import _load_keras; _load_keras(also=('dvclive',)); "
+        "print(sorted(m for m in ('pandas', 'sklearn', 'jax') if m in sys.modules)); "
+        "import pandas, sklearn.metrics; print('imported afterwards')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, "KERAS_BACKEND": backend})  # fmt: skip
+    assert done.stdout.splitlines() == [str(loaded), "imported afterwards"]
+
+
 def test_python_dash_m_runs_the_same_cli():
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, check=True
