@@ -77,8 +77,9 @@ def _params(ctx: click.Context) -> Params:
 
 # Keras, TensorFlow and dvclive import these at start-up when they are installed, for
 # features no stage uses (pandas inputs and plots, the scikit-learn wrappers, TF Lite's
-# jax converter), each behind `except ImportError`: over 1 s of a training process.
-NOT_FOR_KERAS = ("pandas", "sklearn", "jax")
+# jax converter, Keras' image-gallery plots), each behind `except ImportError`: 1.7-2 s
+# of loading Keras and dvclive on a 2-core machine. (Not scipy: jax needs it.)
+NOT_FOR_KERAS = ("pandas", "sklearn", "jax", "matplotlib")
 
 
 def _load_keras(also: tuple[str, ...] = ()) -> None:
