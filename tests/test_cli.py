@@ -273,7 +273,7 @@ def test_a_mixed_precision_model_evaluates_and_predicts_without_optimizer_warnin
 ):
     # What train.mixed_precision: auto gives on every GPU. Keras cannot load its
     # loss-scaling optimizer back into a float32 process and warned on every evaluate.
-    paths, commands, _ = project
+    paths, _, _ = project
     params = write_params(tmp_path / "params.yaml", **{**FAST, "train": {
         **FAST["train"], "mixed_precision": "on"}})  # fmt: skip
     model = tmp_path / "model.keras"
@@ -314,7 +314,7 @@ def test_a_missing_input_folder_names_the_option(tmp_path):
 
 @pytest.mark.parametrize("backend, loaded", [("tensorflow", []), ("jax", ["jax"])])
 def test_keras_and_dvclive_load_without_modules_no_stage_uses(backend, loaded):
-    # About 1.5 s of every training process went on these; they still import afterwards.
+    # 1.7-2 s of loading Keras and dvclive went on these; they still import afterwards.
     code = (
         "import sys; from pipeline.cli import _load_keras; _load_keras(also=('dvclive',)); "
         "held_off = ('pandas', 'sklearn', 'jax', 'matplotlib'); "
