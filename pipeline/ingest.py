@@ -39,7 +39,7 @@ from pipeline.params import Ingest
 VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
 
 # Bumped whenever decode_image would give other pixels for the same file and settings.
-DECODER_VERSION = 1
+DECODER_VERSION = 2
 
 COMMIT_SECONDS = 0.5  # the most decoding work a killed run loses from the cache
 
@@ -120,9 +120,13 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:
-    if image.mode.startswith("I;16"):
+    if image.mode == "I" or image.mode.startswith("I;16"):
         # 16-bit samples: scale to 8 bits, where convert() would clip all above 255 to white.
-        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8))
+        # Pillow opens a 16-bit PGM as 32-bit "I" holding 0-65535; wider values show white.
+        samples = np.clip(np.asarray(image), 0, 65535) >> 8
+        image = Image.fromarray(samples.astype(np.uint8))
+    if image.mode == "LAB":  # Pillow converts LAB to RGB only
+        image = image.convert("RGB")
     if image.mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)

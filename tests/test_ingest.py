@@ -41,7 +41,7 @@ def decode(data: bytes, ingest_settings: Ingest = GRAY) -> np.ndarray:
 @pytest.mark.parametrize(
     "fmt, mode", [("PNG", "RGB"), ("PNG", "L"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "LA"),
                   ("PNG", "1"), ("JPEG", "CMYK"), ("WEBP", "RGB"), ("GIF", "P"), ("BMP", "RGB"),
-                  ("TIFF", "RGB")],
+                  ("TIFF", "RGB"), ("TIFF", "LAB")],
 )  # fmt: skip
 @pytest.mark.parametrize("ingest_settings, shape", [(GRAY, (32, 32, 1)), (RGB, (24, 40, 3))])
 def test_every_mode_pillow_reads_becomes_uint8_at_the_configured_size(
@@ -54,9 +54,14 @@ def test_every_mode_pillow_reads_becomes_uint8_at_the_configured_size(
     assert 60 < pixels.mean() < 200  # the noisy mid-grey survived conversion
 
 
-def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+@pytest.mark.parametrize(
+    "fmt, dtype, opened_as",
+    [("PNG", np.uint16, "I;16"), ("TIFF", ">u2", "I;16B"), ("PPM", np.int32, "I")],  # PPM: PGM
+)
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(fmt, dtype, opened_as):
     ramp = np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)
-    data = encode(Image.fromarray(ramp), "PNG")
+    data = encode(Image.fromarray(ramp.astype(dtype)), fmt)
+    assert Image.open(io.BytesIO(data)).mode == opened_as
     pixels = decode(data, settings(image_size=[64, 64], resample="nearest"))
     # Clipping would make everything above 255/65535 white; scaling keeps the ramp.
     assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255
