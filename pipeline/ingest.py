@@ -39,7 +39,7 @@ from pipeline.params import Ingest
 VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
 
 # Bumped whenever decode_image would give other pixels for the same file and settings.
-DECODER_VERSION = 2
+DECODER_VERSION = 3
 
 COMMIT_SECONDS = 0.5  # the most decoding work a killed run loses from the cache
 
@@ -80,7 +80,8 @@ class Rejected(Exception):
 def decode_image(data: bytes, settings: Ingest) -> tuple[np.ndarray, tuple[int, int, str, str]]:
     """Decode one image file's bytes into (H, W, C) uint8 pixels at the configured size.
 
-    Also returns (width, height, format, mode) as stored in the file. Raises
+    Also returns (width, height, format, mode) as stored in the file (a TIFF's size as
+    Pillow reports it: already oriented). Raises
     `Rejected`, or whatever Pillow raises, for a file that is not a usable image.
     """
     height, width = settings.image_size
@@ -97,11 +98,13 @@ def decode_image(data: bytes, settings: Ingest) -> tuple[np.ndarray, tuple[int, 
                     f"decompression bomb: {image.width}x{image.height} pixels is over "
                     f"ingest.max_pixels = {settings.max_pixels}"
                 )
-            orientation = _orientation(image)
             if image.format == "JPEG":
                 # DCT scaling: decode at 1/2, 1/4 or 1/8 size while still at least the target.
-                wanted = (height, width) if orientation in SIDEWAYS else (width, height)
+                sideways = _orientation(image) in SIDEWAYS
+                wanted = (height, width) if sideways else (width, height)
                 image.draft("L" if settings.color_mode == "grayscale" else None, wanted)
+            image.load()  # Pillow applies a TIFF's orientation itself here, and drops the tag
+            orientation = _orientation(image)
             if orientation in TRANSPOSES:
                 image = image.transpose(TRANSPOSES[orientation])
             image = _convert(image, PIL_MODES[settings.color_mode])

@@ -75,12 +75,15 @@ def test_transparent_pixels_become_white():
     assert decode(encode(palette, "PNG", transparency=0)).min() == 255
 
 
-def test_exif_orientation_is_applied():
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_orientation_is_applied_once(fmt):
     stored = np.zeros((20, 40, 3), np.uint8)  # dark left half, bright right half
     stored[:, 20:] = 255
     exif = Image.Exif()
     exif[0x0112] = 6  # the viewer rotates it 90 degrees clockwise
-    pixels = decode(encode(Image.fromarray(stored), "JPEG", exif=exif))
+    # A TIFF keeps it as a tag of its own, which Pillow applies when loading the pixels.
+    options = {"tiffinfo": dict(exif)} if fmt == "TIFF" else {"exif": exif}
+    pixels = decode(encode(Image.fromarray(stored), fmt, **options))
     assert pixels[:16].mean() < 50 and pixels[16:].mean() > 200  # dark half on top
 
 
