@@ -39,7 +39,7 @@ from pipeline.params import Ingest
 VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
 
 # Bumped whenever decode_image would give other pixels for the same file and settings.
-DECODER_VERSION = 3
+DECODER_VERSION = 4
 
 COMMIT_SECONDS = 0.5  # the most decoding work a killed run loses from the cache
 
@@ -98,7 +98,7 @@ def decode_image(data: bytes, settings: Ingest) -> tuple[np.ndarray, tuple[int, 
                     f"decompression bomb: {image.width}x{image.height} pixels is over "
                     f"ingest.max_pixels = {settings.max_pixels}"
                 )
-            if image.format == "JPEG":
+            if image.format in ("JPEG", "MPO"):  # MPO: a camera's JPEG with extra pictures
                 # DCT scaling: decode at 1/2, 1/4 or 1/8 size while still at least the target.
                 sideways = _orientation(image) in SIDEWAYS
                 wanted = (height, width) if sideways else (width, height)

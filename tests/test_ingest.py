@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from pipeline import ingest, store
 from pipeline.errors import PipelineError
@@ -106,10 +106,24 @@ def test_the_resampling_filter_is_a_setting():
     )
 
 
-def test_large_jpegs_use_draft_decoding_without_visible_loss():
+@pytest.mark.parametrize("fmt", ["JPEG", "MPO"])
+def test_large_jpegs_use_draft_decoding_without_visible_loss(fmt, monkeypatch):
     gradient = np.add.outer(np.arange(1200), np.arange(1600)) % 256
-    data = encode(Image.fromarray(gradient.astype(np.uint8)).convert("RGB"), "JPEG", quality=95)
+    image = Image.fromarray(gradient.astype(np.uint8)).convert("RGB")
+    extra = {"save_all": True, "append_images": [image.resize((80, 60))]} if fmt == "MPO" else {}
+    data = encode(image, fmt, quality=95, **extra)
+    assert Image.open(io.BytesIO(data)).format == fmt
+    drafted_sizes = []
+    draft = JpegImagePlugin.JpegImageFile.draft  # MpoImageFile's too
+
+    def recorded_draft(self, mode, size):
+        result = draft(self, mode, size)
+        drafted_sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recorded_draft)
     drafted = decode(data, settings(image_size=[64, 64])).astype(int)
+    assert drafted_sizes == [(200, 150)]  # decoded at 1/8 of 1600x1200
     with Image.open(io.BytesIO(data)) as full:  # the same pipeline without DCT scaling
         reference = np.asarray(full.convert("L").resize((64, 64), Image.Resampling.BILINEAR))
     assert np.abs(drafted[..., 0] - reference).mean() < 4
