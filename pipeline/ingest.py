@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 import PIL
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline import store
 from pipeline.cache import DecodeCache, Decoded, Kept, is_damaged, set_aside, signature
@@ -38,8 +38,9 @@ from pipeline.params import Ingest
 
 VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
 
-# Bumped whenever decode_image would give other pixels for the same file and settings.
-DECODER_VERSION = 4
+# Bumped whenever examine_bytes would give other pixels or another reason for the same
+# file and settings: the decode cache keeps both.
+DECODER_VERSION = 5
 
 COMMIT_SECONDS = 0.5  # the most decoding work a killed run loses from the cache
 
@@ -68,6 +69,11 @@ TRANSPOSES = {
 SIDEWAYS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 LINK_OUT = "link resolves outside the raw data folder"
+
+# The ftyp brands of HEIC/HEIF files (ISO base media), which Pillow cannot read; it can
+# read AVIF, whose brand is avif.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+HEIF = "HEIC/HEIF image (an iPhone's default), which Pillow cannot read: convert it to JPEG"
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 WHITE = (255, 255, 255, 255)  # what transparent pixels become
@@ -221,6 +227,9 @@ def examine_bytes(data: bytes, settings: Ingest, sha256: str | None = None) -> D
         pixels, facts = decode_image(data, settings)
     except Rejected as error:
         return Decoded(sha256, None, reason=str(error))
+    except UnidentifiedImageError as error:
+        heif = data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS
+        return Decoded(sha256, None, reason=HEIF if heif else one_line(error))
     except Exception as error:  # Any decoder failure is a verdict on this file, not the run.
         return Decoded(sha256, None, reason=one_line(error))
     return Decoded(sha256, pixels.tobytes(), *facts)

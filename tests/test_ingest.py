@@ -186,6 +186,7 @@ def messy(tmp_path):
             "dogs/text.jpg": b"this is a text file whatever its name says",
             "dogs/bomb.png": _png_claiming(40000, 40000),
             "birds/corrupt.png": b"\x89PNG\r\n\x1a\n" + bytes(range(64)),
+            "cats/iphone.HEIC": b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64),
         },
         "duplicate": {"cats/rgb_copy.jpg": jpeg},  # the first path in sorted order is kept,
         "conflict": {"dogs/maybe.png": same, "cats/maybe.png": same},
@@ -230,6 +231,7 @@ def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
     assert reasons["cats/empty.png"] == "empty file (0 bytes)"
     assert "truncated" in reasons["cats/truncated.jpg"].lower()
     assert "cannot identify image file" in reasons["dogs/text.jpg"]
+    assert reasons["cats/iphone.HEIC"] == ingest.HEIF  # says what it is and what to do
     assert "exceeds limit" in reasons["dogs/bomb.png"]
     assert reasons["dogs/link-out.png"] == "link resolves outside the raw data folder"
     assert reasons["cats/folder-out"] == "link resolves outside the raw data folder"
