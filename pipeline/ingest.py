@@ -184,7 +184,7 @@ def scan(raw: Path) -> Scan:
             relative = prefix + entry.name
             if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root):
                 refused.append(store.QuarantineRow(relative, LINK_OUT))
-            elif entry.name.startswith("."):
+            elif hidden(entry.name):
                 ignored.extend(_files_under(entry.path, relative) if entry.is_dir() else [relative])
             elif entry.is_dir(follow_symlinks=False):
                 if label is None:
@@ -192,7 +192,7 @@ def scan(raw: Path) -> Scan:
                 walk(entry.path, relative + "/", label or entry.name)
             elif entry.is_dir():
                 ignored.append(relative)  # a folder link inside raw: its files are reached directly
-            elif label is None or _extension(entry.name) in NOT_IMAGES:
+            elif label is None or known_not_image(entry.name):
                 ignored.append(relative)
             else:
                 try:
@@ -204,6 +204,16 @@ def scan(raw: Path) -> Scan:
 
     walk(str(raw), "", None)
     return Scan(candidates, ignored, refused, classes)
+
+
+def hidden(name: str) -> bool:
+    """A file or folder that never holds data: hidden (.DS_Store, .ipynb_checkpoints), or
+    the __MACOSX folder in which a zip made on a Mac keeps each file's resource fork."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def known_not_image(name: str) -> bool:
+    return _extension(name) in NOT_IMAGES
 
 
 def _extension(name: str) -> str:

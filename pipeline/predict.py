@@ -10,18 +10,19 @@ from pathlib import Path
 from pipeline import store
 from pipeline.cache import DecodeCache
 from pipeline.evaluate import class_indices_of, confidence_of, load_matching_model
-from pipeline.ingest import examine_all, settings_key, stack_pixels
+from pipeline.ingest import examine_all, hidden, known_not_image, settings_key, stack_pixels
 from pipeline.params import Params
 from pipeline.prepare import derive_view
 
 
 def image_files(paths: list[Path]) -> list[Path]:
-    """The files named, and every file under the folders named (hidden ones aside), sorted."""
+    """The files named, and every file under the folders named that ingest would not ignore
+    (hidden, or known not to be an image), sorted."""
     files = []
     for path in paths:
         if path.is_dir():
-            inside = (p for p in path.rglob("*") if p.is_file())
-            files += sorted(p for p in inside if not p.relative_to(path).as_posix().startswith("."))
+            inside = (p for p in path.rglob("*") if p.is_file() and not known_not_image(p.name))
+            files += sorted(p for p in inside if not any(map(hidden, p.relative_to(path).parts)))
         else:
             files.append(path)
     return files

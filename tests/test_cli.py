@@ -394,12 +394,15 @@ def test_predict_lists_unusable_files_and_reads_folders(project, tmp_path):
     shutil.copytree(paths["raw"] / "dark", folder)
     (folder / "broken.png").write_bytes(b"not a picture")
     (folder / ".DS_Store").write_bytes(b"\0")
+    (folder / "new" / ".ipynb_checkpoints").mkdir(parents=True)
+    (folder / "new" / ".ipynb_checkpoints" / "a-checkpoint.png").write_bytes(b"\0")
+    (folder / "new" / "notes.txt").write_text("to label")
     result = invoke("--params", paths["params"], "predict", paths["model"], folder,
                     "--processed", paths["processed"])  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split() == ["file", "label", "probability"]
-    assert len(lines) == 1 + 16 + 1  # 16 images and the broken file, not the hidden one
+    assert len(lines) == 1 + 16 + 1  # 16 images and the broken file, not what ingest ignores
     assert any("broken.png" in line and "quarantined: UnidentifiedImageError" in line
                for line in lines)  # fmt: skip
     probabilities = [float(line.split()[-1]) for line in lines[1:] if "quarantined" not in line]

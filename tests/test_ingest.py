@@ -194,6 +194,7 @@ def messy(tmp_path):
             "cats/.DS_Store": b"\0\0\0\1Bud1",
             "dogs/.ipynb_checkpoints/a-checkpoint.png": image_bytes(1, "ck"),
             "dogs/notes.txt": b"labels checked by hand",
+            "__MACOSX/dogs/._a.webp": b"\0\5\26\7\0\2\0\0Mac OS X",
             "dogs/Thumbs.db": b"\0" * 16,
             "LICENSE": b"CC-BY",
         },
@@ -259,6 +260,7 @@ def test_the_report_counts_verdicts_per_class_and_warns_about_an_empty_class(mes
         "accepted": 0, "quarantined": 1, "duplicate": 0, "conflict": 0, "ignored": 0
     }  # fmt: skip
     assert interim.report["classes"]["cats"]["accepted"] == 5
+    assert "__MACOSX" not in interim.report["classes"]  # a Mac zip's resource forks
     assert store.read_interim(tmp_path / "out").report == interim.report
     text = ingest.summary(interim, tmp_path / "out")
     assert "warning: class folder 'birds' has no usable image; it is not a class" in text
