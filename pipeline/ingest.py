@@ -69,6 +69,7 @@ TRANSPOSES = {
 SIDEWAYS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 LINK_OUT = "link resolves outside the raw data folder"
+NOT_UTF8 = "name is not UTF-8 (shown with \\x escapes), which the manifest cannot hold: rename it"
 
 # The ftyp brands of HEIC/HEIF files (ISO base media), which Pillow cannot read; it can
 # read AVIF, whose brand is avif.
@@ -182,7 +183,11 @@ def scan(raw: Path) -> Scan:
             entries = sorted(listing, key=attrgetter("name"))
         for entry in entries:
             relative = prefix + entry.name
-            if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root):
+            if not _utf8(entry.name):  # e.g. Latin-1 names, as an old zip unpacks them
+                folder = entry.is_dir(follow_symlinks=False)
+                bad = _files_under(entry.path, relative) if folder else [relative]
+                refused.extend(store.QuarantineRow(_escaped(path), NOT_UTF8) for path in bad)
+            elif entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root):
                 refused.append(store.QuarantineRow(relative, LINK_OUT))
             elif hidden(entry.name):
                 ignored.extend(_files_under(entry.path, relative) if entry.is_dir() else [relative])
@@ -204,6 +209,22 @@ def scan(raw: Path) -> Scan:
 
     walk(str(raw), "", None)
     return Scan(candidates, ignored, refused, classes)
+
+
+def _utf8(name: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (os.scandir gives them as surrogates)."""
+    if name.isascii():  # nearly every name, at a tenth of the cost of encoding it
+        return True
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(path: str) -> str:
+    """`path` with each byte that is not UTF-8 written as a \\x escape."""
+    return path.encode(errors="surrogateescape").decode(errors="backslashreplace")
 
 
 def hidden(name: str) -> bool:

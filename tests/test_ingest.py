@@ -210,6 +210,10 @@ def messy(tmp_path):
         ["dogs/link-out.png", "cats/folder-out", "dogs/dangling.png"]
     )
     expected["duplicate"]["dogs/link-in.webp"] = None
+    latin1 = os.fsdecode(b"caf\xe9")  # a Latin-1 name, as an old zip unpacks it
+    write(raw / "cats" / f"{latin1}.png", image_bytes(50, "latin1 file"))
+    write(raw / latin1 / "deep" / "x.png", image_bytes(40, "latin1 folder"))
+    expected["quarantined"] |= dict.fromkeys(["cats/caf\\xe9.png", "caf\\xe9/deep/x.png"])
     return raw, {verdict: set(files) for verdict, files in expected.items()}
 
 
@@ -233,6 +237,7 @@ def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
     assert "truncated" in reasons["cats/truncated.jpg"].lower()
     assert "cannot identify image file" in reasons["dogs/text.jpg"]
     assert reasons["cats/iphone.HEIC"] == ingest.HEIF  # says what it is and what to do
+    assert reasons["caf\\xe9/deep/x.png"] == ingest.NOT_UTF8
     assert "exceeds limit" in reasons["dogs/bomb.png"]
     assert reasons["dogs/link-out.png"] == "link resolves outside the raw data folder"
     assert reasons["cats/folder-out"] == "link resolves outside the raw data folder"
