@@ -213,8 +213,6 @@ def scan(raw: Path) -> Scan:
 
 def _utf8(name: str) -> bool:
     """False for a name holding bytes that are not UTF-8 (os.scandir gives them as surrogates)."""
-    if name.isascii():  # nearly every name, at a tenth of the cost of encoding it
-        return True
     try:
         name.encode()
     except UnicodeEncodeError:
