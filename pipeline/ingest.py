@@ -225,10 +225,15 @@ def _escaped(path: str) -> str:
     return path.encode(errors="surrogateescape").decode(errors="backslashreplace")
 
 
+# Folders that tools keep beside images: a Mac zip's resource forks, a Synology NAS's
+# thumbnails (which would otherwise pass as more images of the class).
+TOOL_FOLDERS = frozenset({"__MACOSX", "@eaDir"})
+
+
 def hidden(name: str) -> bool:
     """A file or folder that never holds data: hidden (.DS_Store, .ipynb_checkpoints), or
-    the __MACOSX folder in which a zip made on a Mac keeps each file's resource fork."""
-    return name.startswith(".") or name == "__MACOSX"
+    one of TOOL_FOLDERS."""
+    return name.startswith(".") or name in TOOL_FOLDERS
 
 
 def known_not_image(name: str) -> bool:

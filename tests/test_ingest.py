@@ -195,6 +195,7 @@ def messy(tmp_path):
             "dogs/.ipynb_checkpoints/a-checkpoint.png": image_bytes(1, "ck"),
             "dogs/notes.txt": b"labels checked by hand",
             "__MACOSX/dogs/._a.webp": b"\0\5\26\7\0\2\0\0Mac OS X",
+            "cats/@eaDir/rgb.jpg/SYNOPHOTO_THUMB_S.jpg": image_bytes(60, "thumb", fmt="JPEG"),
             "dogs/Thumbs.db": b"\0" * 16,
             "LICENSE": b"CC-BY",
         },
