@@ -53,6 +53,10 @@ NOT_IMAGES = frozenset(
     }
 )
 
+# Folders that tools keep beside images: a Mac zip's resource forks, a Synology NAS's
+# thumbnails (which would otherwise pass as more images of the class).
+TOOL_FOLDERS = frozenset({"__MACOSX", "@eaDir"})
+
 PIL_MODES = {"grayscale": "L", "rgb": "RGB"}
 
 # EXIF orientation -> the transpose that shows the image as the camera saw it.
@@ -223,11 +227,6 @@ def _utf8(name: str) -> bool:
 def _escaped(path: str) -> str:
     """`path` with each byte that is not UTF-8 written as a \\x escape."""
     return path.encode(errors="surrogateescape").decode(errors="backslashreplace")
-
-
-# Folders that tools keep beside images: a Mac zip's resource forks, a Synology NAS's
-# thumbnails (which would otherwise pass as more images of the class).
-TOOL_FOLDERS = frozenset({"__MACOSX", "@eaDir"})
 
 
 def hidden(name: str) -> bool:
