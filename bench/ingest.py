@@ -13,7 +13,12 @@ tree into uint8 arrays at the size and colour mode of params.yaml:
             (start-up excluded, which flatters Keras; "keras+start" is the
             whole process, as a user waits for it);
 - limit:    Pillow's draft decode alone (no resize, no hashing, nothing
-            written) on all cores: what the machine can decode at best.
+            written) on all cores: what the machine can decode at best;
+- floor:    the least any Pillow ingest must do, as a whole process (start-up
+            included, as for imgpipe): list the folder; read, hash (for
+            deduplication), draft-decode and resize each file on all cores;
+            write one array. No verdicts, cache, manifest or report. What
+            imgpipe can reach at best, against the limit.
 
 `incremental` times full runs (empty cache), re-runs with nothing changed and
 re-runs after adding 1% new images, each a whole `imgpipe ingest` process with
@@ -51,6 +56,28 @@ dataset = keras.utils.image_dataset_from_directory(
 arrays = [np.asarray(images).astype(np.uint8) for images, _ in dataset]
 count = sum(len(a) for a in arrays)
 print(count, time.perf_counter() - start)
+"""
+
+FLOOR = """
+import hashlib, io, multiprocessing, os, sys
+import numpy as np
+from PIL import Image
+folder, out, mode, width, height, resample = sys.argv[1:]
+size, resample = (int(width), int(height)), Image.Resampling[resample.upper()]
+def examine(path):
+    data = open(path, "rb").read()
+    hashlib.sha256(data).hexdigest()  # deduplication and the manifest need it
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft(mode, size)
+            return image.convert(mode).resize(size, resample).tobytes()
+    except Exception:
+        return b""
+files = sorted(os.path.join(d, name) for d, _, names in os.walk(folder) for name in names)
+workers = len(os.sched_getaffinity(0))
+with multiprocessing.get_context("fork").Pool(workers) as pool:  # chunks as imgpipe's
+    pixels = pool.map(examine, files, chunksize=max(1, min(256, len(files) // (4 * workers))))
+np.save(out, np.frombuffer(b"".join(pixels), np.uint8))
 """
 
 
@@ -112,6 +139,14 @@ def run_imgpipe(params: Path, raw: Path, out: Path, *options: str) -> float:
     return time.perf_counter() - start
 
 
+def run_floor(raw: Path, out: Path, mode: str, size: tuple[int, int], resample: str) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", FLOOR, raw, out, mode, *map(str, size), resample], check=True
+    )
+    return time.perf_counter() - start
+
+
 def run_keras(raw: Path, height: int, width: int, color_mode: str) -> tuple | str:
     """(images read, seconds for the pass, for the whole process), or what stopped Keras."""
     start = time.perf_counter()
@@ -142,12 +177,14 @@ def compare(folders: list[Path], params: Path, rounds: int, color_mode: str | No
     mode = "L" if color_mode == "grayscale" else "RGB"
     print(f"settings: {height}x{width} {color_mode}, {os.cpu_count()} cores, {rounds} rounds")
     header = f"{'folder':<28}{'images':>7}{'imgpipe/s':>11}{'keras/s':>9}{'keras+start/s':>15}"
-    print(header + f"{'limit/s':>9}{'vs keras':>10}{'of limit':>10}")
+    print(
+        header + f"{'limit/s':>9}{'floor/s':>9}{'vs keras':>10}{'of limit':>10}{'floor/limit':>13}"
+    )
     for folder in folders:
         files = image_files(folder)
         for path in files:  # warm the page cache, so that no method pays for the disk
             path.read_bytes()
-        times = {"imgpipe": [], "keras": [], "keras+start": [], "limit": []}
+        times = {"imgpipe": [], "keras": [], "keras+start": [], "limit": [], "floor": []}
         keras_error, keras_count = None, len(files)
         with tempfile.TemporaryDirectory() as scratch:
             run_params = Path(scratch) / "params.yaml"
@@ -164,13 +201,18 @@ def compare(folders: list[Path], params: Path, rounds: int, color_mode: str | No
                     times["keras"].append(keras[1])
                     times["keras+start"].append(keras[2])
                 times["limit"].append(decode_limit(files, mode, (width, height)))
+                floor_out = Path(scratch) / "floor.npy"
+                times["floor"].append(
+                    run_floor(folder, floor_out, mode, (width, height), settings["resample"])
+                )
         rate = {name: len(files) / statistics.median(t) if t else float("nan")
                 for name, t in times.items()}  # fmt: skip
         print(
             f"{folder.parent.name[:12] + '/' + folder.name[:14]:<28}{len(files):>7}"
             f"{rate['imgpipe']:>11.0f}{rate['keras']:>9.0f}{rate['keras+start']:>15.0f}"
-            f"{rate['limit']:>9.0f}"
-            f"{rate['imgpipe'] / rate['keras']:>9.2f}x{rate['imgpipe'] / rate['limit']:>9.0%}"
+            f"{rate['limit']:>9.0f}{rate['floor']:>9.0f}"
+            f"{rate['imgpipe'] / rate['keras']:>9.2f}x{rate['imgpipe'] / rate['limit']:>10.0%}"
+            f"{rate['floor'] / rate['limit']:>13.0%}"
         )
         if keras_error:
             print(f"  keras failed: {keras_error}")
