@@ -16,6 +16,7 @@ turns an image file into model input.
 import hashlib
 import io
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -286,14 +287,55 @@ def _unreadable(error: OSError) -> str:
 # Per-process state of the decoding workers, set once by `_start_worker`.
 _worker: dict = {}
 
+TAKEN, DONE = 1, 2  # a file's state in the workers' shared record of what they decode
 
-def _start_worker(settings: Ingest, cache_path: Path | None, key: str) -> None:
+
+def _start_worker(
+    settings: Ingest, cache_path: Path | None, key: str, states=None, stop=None
+) -> None:
     _worker["settings"] = settings
     _worker["cache"] = DecodeCache(cache_path, key, read_only=True)
+    _worker["states"] = states
+    _worker["stop"] = stop
 
 
-def _examine_in_worker(path: Path) -> Decoded:
-    return examine(path, _worker["settings"], _worker["cache"])
+def _examine_in_worker(job: tuple[int, Path]) -> tuple[int, Decoded | None]:
+    index, path = job
+    if _worker["stop"].value:  # interrupted (Ctrl-C): skip the files already queued
+        return index, None
+    _worker["states"][index] = TAKEN  # should this process die, the file is a suspect
+    result = examine(path, _worker["settings"], _worker["cache"])
+    _worker["states"][index] = DONE
+    return index, result
+
+
+def _examine_alone(path: Path, state: tuple, answer) -> None:
+    _start_worker(*state)
+    answer.send(examine(path, _worker["settings"], _worker["cache"]))
+
+
+def _alone(path: Path, state: tuple, context) -> Decoded:
+    """Examine one file in a process of its own, so that if it kills the process the
+    verdict is on that file alone."""
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_examine_alone, args=(path, state, sender))
+    process.start()
+    sender.close()  # else recv() would wait for ever on a process that died
+    try:
+        result = receiver.recv()
+    except EOFError:
+        result = None
+    process.join()
+    if result is not None:
+        return result
+    code = process.exitcode
+    how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    return Decoded(
+        "",
+        None,
+        reason=f"decoding it killed the process ({how}): a crash in an image decoder, "
+        "or the system out of memory",
+    )
 
 
 def examine_all(
@@ -304,17 +346,43 @@ def examine_all(
     start_method: str | None = None,
 ) -> Iterator[Decoded]:
     """Results in the order of `paths`, decoded on `workers` processes, started by
-    `start_method` (multiprocessing's default, fork on Linux, unless named)."""
+    `start_method` (multiprocessing's default, fork on Linux, unless named).
+
+    When a file kills its worker (a crash in a C decoder, the out-of-memory killer), the
+    files the workers held are examined again one process each, and the others anew:
+    the culprit is quarantined and the run goes on (multiprocessing.Pool would hang)."""
     if workers <= 1 or len(paths) < 2 * workers:
         yield from (examine(path, settings, cache) for path in paths)
         return
-    import multiprocessing  # only runs that decode in parallel pay for importing it
+    # Only runs that decode in parallel pay for importing these.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    chunk = max(1, min(256, len(paths) // (workers * 4)))  # few, large chunks: less IPC
-    state = (settings, cache.path, cache.settings_key)
     context = multiprocessing.get_context(start_method)
-    with context.Pool(workers, _start_worker, state) as pool:
-        yield from pool.imap(_examine_in_worker, paths, chunksize=chunk)
+    state = (settings, cache.path, cache.settings_key)
+    settled: dict[int, Decoded] = {}  # files examined alone after a worker died
+    done = 0  # results yielded
+    while done < len(paths):
+        todo = [index for index in range(done, len(paths)) if index not in settled]
+        chunk = max(1, min(256, len(todo) // (workers * 4)))  # few, large chunks: less IPC
+        states, stop = context.RawArray("b", len(paths)), context.RawValue("b", 0)
+        pool = ProcessPoolExecutor(workers, context, _start_worker, (*state, states, stop))
+        try:
+            jobs = ((index, paths[index]) for index in todo)
+            for index, result in pool.map(_examine_in_worker, jobs, chunksize=chunk):
+                yield from (settled[before] for before in range(done, index))
+                yield result
+                done = index + 1
+            yield from (settled[after] for after in range(done, len(paths)))
+            done = len(paths)
+        except BrokenProcessPool:
+            suspects = [index for index, taken in enumerate(states) if taken == TAKEN]
+            for index in suspects or todo[:1]:  # at least one file settled each time
+                settled[index] = _alone(paths[index], state, context)
+        finally:
+            stop.value = 1  # else, after a Ctrl-C, the queued chunks are decoded first (seconds)
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _decode_new(

@@ -1,9 +1,13 @@
 """Ingest on real images of every kind: verdicts, decoding, determinism, the cache."""
 
+import faulthandler
 import hashlib
 import io
+import multiprocessing
 import os
+import signal
 import struct
+import time
 import warnings
 import zlib
 
@@ -12,6 +16,7 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from pipeline import ingest, store
+from pipeline.cache import DecodeCache
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
 from tests.conftest import default_params, image_bytes, make_dataset
@@ -313,6 +318,66 @@ def test_output_is_byte_identical_for_any_worker_count_and_listing_order(
     serial = written(tmp_path / "serial")
     assert serial == written(tmp_path / "parallel") == written(tmp_path / "reversed")
     assert sorted(serial) == sorted(store.INTERIM_FILES)
+
+
+@pytest.mark.parametrize("death", [signal.SIGSEGV, signal.SIGKILL], ids=["crash", "oom-killer"])
+def test_a_file_that_kills_its_decoding_process_is_quarantined_and_the_run_goes_on(
+    tmp_path, monkeypatch, death
+):
+    raw = make_dataset(tmp_path / "raw")
+    ingest.run(raw, tmp_path / "without", GRAY, workers=2)
+    deadly = image_bytes(128, "deadly")
+    write(raw / "mid" / "005b.png", deadly)  # in the middle: other files are in flight
+    real = ingest.decode_image
+
+    def dying_on_it(data, ingest_settings):  # the workers are forked: they inherit this
+        if data == deadly:
+            faulthandler.disable()  # pytest's: else it prints the dying worker's stack
+            os.kill(os.getpid(), death)
+        return real(data, ingest_settings)
+
+    monkeypatch.setattr(ingest, "decode_image", dying_on_it)
+
+    def hung(*_):
+        raise TimeoutError("ingest hung after a decoding process died")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        interim = ingest.run(raw, tmp_path / "with", GRAY, workers=2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    (row,) = interim.quarantine
+    assert row.path == "mid/005b.png" and f"killed the process (signal {death.name})" in row.reason
+    without, with_it = written(tmp_path / "without"), written(tmp_path / "with")
+    for name in ("images.npy", "manifest.csv", "duplicates.csv"):  # nothing else changed
+        assert with_it[name] == without[name]
+
+
+def test_an_interrupted_run_stops_decoding_the_files_already_queued(tmp_path, monkeypatch):
+    raw = make_dataset(tmp_path / "raw", per_class=134)  # 402 files: 8 chunks of 50
+    paths = sorted(raw.rglob("*.png"))
+    log = tmp_path / "decoded.log"
+    real = ingest.decode_image
+
+    def slow_and_logged(data, ingest_settings):  # the workers are forked: they inherit this
+        with open(log, "a") as file:
+            file.write("x")
+        time.sleep(0.01)  # as a large photo takes: chunks outlast the parent's reaction
+        return real(data, ingest_settings)
+
+    monkeypatch.setattr(ingest, "decode_image", slow_and_logged)
+    decoding = ingest.examine_all(paths, GRAY, DecodeCache(None, ""), workers=2)
+    next(decoding)
+    decoding.close()  # what a Ctrl-C does to it
+    for _ in range(600):  # until the workers have exited
+        if not multiprocessing.active_children():
+            break
+        time.sleep(0.1)
+    # The two chunks being decoded end (101 files here); without the stop, the queued
+    # ones were decoded too (300).
+    assert len(log.read_text()) < 150
 
 
 @pytest.fixture
