@@ -18,6 +18,7 @@ import io
 import os
 import signal
 import sqlite3
+import stat
 import sys
 import time
 import warnings
@@ -74,6 +75,7 @@ TRANSPOSES = {
 SIDEWAYS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 LINK_OUT = "link resolves outside the raw data folder"
+NOT_REGULAR = "not a regular file (a named pipe, socket or device), which reading would block on"
 NOT_UTF8 = "name is not UTF-8 (shown with \\x escapes), which the manifest cannot hold: rename it"
 
 # The ftyp brands of HEIC/HEIF files (ISO base media), which Pillow cannot read; it can
@@ -206,11 +208,14 @@ def scan(raw: Path) -> Scan:
                 ignored.append(relative)
             else:
                 try:
-                    stat = entry.stat()  # follows a link inside raw to its target
+                    facts = entry.stat()  # follows a link inside raw to its target
                 except OSError as error:
                     refused.append(store.QuarantineRow(relative, _unreadable(error)))
                     continue
-                candidates.append(Candidate(relative, label, signature(stat)))
+                if not stat.S_ISREG(facts.st_mode):
+                    refused.append(store.QuarantineRow(relative, NOT_REGULAR))
+                    continue
+                candidates.append(Candidate(relative, label, signature(facts)))
 
     walk(str(raw), "", None)
     return Scan(candidates, ignored, refused, classes)

@@ -263,6 +263,16 @@ def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
         np.testing.assert_array_equal(interim.images[index], decode((raw / row.path).read_bytes()))
 
 
+def test_a_named_pipe_is_quarantined_never_read(tmp_path):  # reading it waits for ever
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    os.mkfifo(raw / "mid" / "pipe.png")
+    assert "mid/pipe.png" not in {candidate.path for candidate in ingest.scan(raw).candidates}
+    interim = ingest.ingest(raw, GRAY)
+    assert {row.path: row.reason for row in interim.quarantine} == {
+        "mid/pipe.png": ingest.NOT_REGULAR
+    }
+
+
 def test_the_report_counts_verdicts_per_class_and_warns_about_an_empty_class(messy, tmp_path):
     raw, expected = messy
     interim = ingest.run(raw, tmp_path / "out", GRAY)
