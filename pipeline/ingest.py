@@ -75,6 +75,7 @@ TRANSPOSES = {
 SIDEWAYS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 LINK_OUT = "link resolves outside the raw data folder"
+TOO_LARGE = "cannot be read: larger than the memory this process may use"
 NOT_REGULAR = "not a regular file (a named pipe, socket or device), which reading would block on"
 NOT_UTF8 = "name is not UTF-8 (shown with \\x escapes), which the manifest cannot hold: rename it"
 
@@ -280,6 +281,8 @@ def examine(path: Path, settings: Ingest, cache: DecodeCache) -> Decoded:
         data = path.read_bytes()
     except OSError as error:
         return Decoded("", None, reason=_unreadable(error))
+    except MemoryError:  # e.g. under `ulimit -v`; without a limit the OOM killer acts
+        return Decoded("", None, reason=TOO_LARGE)
     sha256 = hashlib.sha256(data).hexdigest()
     hit = cache.lookup([sha256]).get(sha256)
     return hit if hit is not None else examine_bytes(data, settings, sha256)

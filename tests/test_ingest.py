@@ -5,8 +5,10 @@ import hashlib
 import io
 import multiprocessing
 import os
+import resource
 import signal
 import struct
+import subprocess
 import time
 import warnings
 import zlib
@@ -19,7 +21,7 @@ from pipeline import ingest, store
 from pipeline.cache import DecodeCache
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
-from tests.conftest import default_params, image_bytes, make_dataset
+from tests.conftest import BIN, REPO, default_params, image_bytes, make_dataset
 
 
 def settings(**overrides) -> Ingest:
@@ -271,6 +273,21 @@ def test_a_named_pipe_is_quarantined_never_read(tmp_path):  # reading it waits f
     assert {row.path: row.reason for row in interim.quarantine} == {
         "mid/pipe.png": ingest.NOT_REGULAR
     }
+
+
+def test_a_file_larger_than_the_memory_allowed_is_quarantined(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    with open(raw / "mid" / "huge.png", "wb") as huge:
+        huge.truncate(3 * 2**30)  # sparse: 3 GiB that take no disk
+
+    def allow_2_gib():  # as `ulimit -v` does on a shared machine
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+
+    command = [BIN / "imgpipe", "ingest", "--raw", raw, "--out", tmp_path / "out", "--no-cache"]
+    done = subprocess.run(command, cwd=REPO, preexec_fn=allow_2_gib, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    quarantined = (tmp_path / "out" / "quarantine.csv").read_text().splitlines()[1:]
+    assert quarantined == [f"mid/huge.png,{ingest.TOO_LARGE}"]
 
 
 def test_the_report_counts_verdicts_per_class_and_warns_about_an_empty_class(messy, tmp_path):
