@@ -195,15 +195,17 @@ def scan(raw: Path) -> Scan:
                 folder = entry.is_dir(follow_symlinks=False)
                 bad = _files_under(entry.path, relative) if folder else [relative]
                 refused.extend(store.QuarantineRow(_escaped(path), NOT_UTF8) for path in bad)
-            elif entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(root):
+            # realpath and isdir, not Path.resolve and is_dir: they raise on a link loop
+            elif entry.is_symlink() and not Path(os.path.realpath(entry.path)).is_relative_to(root):
                 refused.append(store.QuarantineRow(relative, LINK_OUT))
             elif hidden(entry.name):
-                ignored.extend(_files_under(entry.path, relative) if entry.is_dir() else [relative])
+                folder = entry.is_dir(follow_symlinks=False)
+                ignored.extend(_files_under(entry.path, relative) if folder else [relative])
             elif entry.is_dir(follow_symlinks=False):
                 if label is None:
                     classes.append(entry.name)
                 walk(entry.path, relative + "/", label or entry.name)
-            elif entry.is_dir():
+            elif entry.is_symlink() and os.path.isdir(entry.path):
                 ignored.append(relative)  # a folder link inside raw: its files are reached directly
             elif label is None or known_not_image(entry.name):
                 ignored.append(relative)

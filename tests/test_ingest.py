@@ -214,8 +214,11 @@ def messy(tmp_path):
     os.symlink(outside, raw / "cats" / "folder-out")
     os.symlink(raw / "dogs" / "a.webp", raw / "dogs" / "link-in.webp")
     os.symlink(raw / "dogs" / "gone.png", raw / "dogs" / "dangling.png")
+    os.symlink("loop.png", raw / "dogs" / "loop.png")  # a link to itself
+    os.symlink(".loop", raw / "cats" / ".loop")
+    expected["ignored"]["cats/.loop"] = None
     expected["quarantined"] |= dict.fromkeys(
-        ["dogs/link-out.png", "cats/folder-out", "dogs/dangling.png"]
+        ["dogs/link-out.png", "cats/folder-out", "dogs/dangling.png", "dogs/loop.png"]
     )
     expected["duplicate"]["dogs/link-in.webp"] = None
     latin1 = os.fsdecode(b"caf\xe9")  # a Latin-1 name, as an old zip unpacks it
@@ -250,6 +253,7 @@ def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
     assert reasons["dogs/link-out.png"] == "link resolves outside the raw data folder"
     assert reasons["cats/folder-out"] == "link resolves outside the raw data folder"
     assert reasons["dogs/dangling.png"] == "cannot be read: No such file or directory"
+    assert reasons["dogs/loop.png"] == "cannot be read: Too many levels of symbolic links"
     details = {row.path: row.detail for row in interim.duplicates}
     assert details["cats/rgb_copy.jpg"] == "same image as cats/rgb.jpg"
     assert details["dogs/link-in.webp"] == "same image as dogs/a.webp"
