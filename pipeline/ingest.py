@@ -16,7 +16,6 @@ turns an image file into model input.
 import hashlib
 import io
 import os
-import signal
 import sqlite3
 import stat
 import sys
@@ -327,6 +326,8 @@ def _examine_alone(path: Path, state: tuple, answer) -> None:
 def _alone(path: Path, state: tuple, context) -> Decoded:
     """Examine one file in a process of its own, so that if it kills the process the
     verdict is on that file alone."""
+    import signal  # only a run whose decoding killed a process pays for importing it
+
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_examine_alone, args=(path, state, sender))
     process.start()
