@@ -282,13 +282,15 @@ def test_a_named_pipe_is_quarantined_never_read(tmp_path):  # reading it waits f
 def test_a_file_larger_than_the_memory_allowed_is_quarantined(tmp_path):
     raw = make_dataset(tmp_path / "raw", per_class=2)
     with open(raw / "mid" / "huge.png", "wb") as huge:
-        huge.truncate(3 * 2**30)  # sparse: 3 GiB that take no disk
+        huge.truncate(16 * 2**30)  # sparse: 16 GiB that take no disk
 
-    def allow_2_gib():  # as `ulimit -v` does on a shared machine
-        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+    def allow_4_gib():  # as `ulimit -v` does on a shared machine
+        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
 
     command = [BIN / "imgpipe", "ingest", "--raw", raw, "--out", tmp_path / "out", "--no-cache"]
-    done = subprocess.run(command, cwd=REPO, preexec_fn=allow_2_gib, capture_output=True, text=True)
+    one_thread = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # each thread reserves memory
+    done = subprocess.run(command, cwd=REPO, env=one_thread, preexec_fn=allow_4_gib,
+                          capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     quarantined = (tmp_path / "out" / "quarantine.csv").read_text().splitlines()[1:]
     assert quarantined == [f"mid/huge.png,{ingest.TOO_LARGE}"]
@@ -387,7 +389,7 @@ def test_a_file_that_kills_its_decoding_process_is_quarantined_and_the_run_goes_
 
 
 def test_an_interrupted_run_stops_decoding_the_files_already_queued(tmp_path, monkeypatch):
-    raw = make_dataset(tmp_path / "raw", per_class=134)  # 402 files: 8 chunks of 50
+    raw = make_dataset(tmp_path / "raw", per_class=134)  # 402 files: chunks of 50
     paths = sorted(raw.rglob("*.png"))
     log = tmp_path / "decoded.log"
     real = ingest.decode_image
