@@ -191,15 +191,13 @@ def scan(raw: Path) -> Scan:
         for entry in entries:
             relative = prefix + entry.name
             if not _utf8(entry.name):  # e.g. Latin-1 names, as an old zip unpacks them
-                folder = entry.is_dir(follow_symlinks=False)
-                bad = _files_under(entry.path, relative) if folder else [relative]
+                bad = _files_of(entry, relative)
                 refused.extend(store.QuarantineRow(_escaped(path), NOT_UTF8) for path in bad)
             # realpath and isdir, not Path.resolve and is_dir: they raise on a link loop
             elif entry.is_symlink() and not Path(os.path.realpath(entry.path)).is_relative_to(root):
                 refused.append(store.QuarantineRow(relative, LINK_OUT))
             elif hidden(entry.name):
-                folder = entry.is_dir(follow_symlinks=False)
-                ignored.extend(_files_under(entry.path, relative) if folder else [relative])
+                ignored.extend(_files_of(entry, relative))
             elif entry.is_dir(follow_symlinks=False):
                 if label is None:
                     classes.append(entry.name)
@@ -254,9 +252,12 @@ def _extension(name: str) -> str:
     return name[dot:].lower() if dot > 0 else ""
 
 
-def _files_under(folder: str, relative: str) -> list[str]:
-    files = (path for path in Path(folder).rglob("*") if path.is_file())
-    return sorted(f"{relative}/{path.relative_to(folder).as_posix()}" for path in files)
+def _files_of(entry: os.DirEntry, relative: str) -> list[str]:
+    """`relative` itself, or every file under it when it is a folder (not a folder link)."""
+    if not entry.is_dir(follow_symlinks=False):
+        return [relative]
+    files = (path for path in Path(entry.path).rglob("*") if path.is_file())
+    return sorted(f"{relative}/{path.relative_to(entry.path).as_posix()}" for path in files)
 
 
 def examine_bytes(data: bytes, settings: Ingest, sha256: str | None = None) -> Decoded:
