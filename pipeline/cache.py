@@ -6,8 +6,11 @@ hash and the ingest settings, so a hit is exactly what decoding would give.
 A second table maps a file's stat signature (size, mtime, inode) to its hash,
 like git's index, so unchanged files are not even read. SQLite commits whole
 transactions, so a killed run never leaves a half-written entry, and the file
-can be deleted at any time: the next run decodes everything again. A damaged
-file (not SQLite, or torn pages) is set aside by ingest, which starts anew.
+can be deleted at any time: the next run decodes everything again. The file
+carries a mark in SQLite's header (PRAGMA application_id), and the cache only
+ever opens, sets aside or replaces a file with that mark: any other file at its
+path is refused, never touched. A marked file that is damaged (torn pages) is
+set aside by ingest, which starts anew.
 
 Beside it, the last images.npy ingest wrote is kept (a hard link, or a copy
 across file systems), with each row's hash and source facts and the file's stat
@@ -17,6 +20,8 @@ again. A kept array whose signature changed (edited in place) is ignored, and it
 can be deleted any time.
 """
 
+import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -27,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pipeline import store
+from pipeline.errors import NotOurs
 
 # `decoded` held the results with pixels before the other columns, `kept` the kept
 # rows' hashes without their facts; caches made then are dropped rather than read.
@@ -44,6 +50,40 @@ CREATE TABLE IF NOT EXISTS kept_array (
     settings TEXT, rows TEXT, size INT, mtime_ns INT, inode INT
 );
 """
+
+
+# "imgp" in SQLite's header: the mark of this cache's files.
+APPLICATION_ID = 0x696D6770
+SQLITE_HEADER = b"SQLite format 3\x00"
+# The tables of caches made before the mark, which are taken as marked.
+UNMARKED_TABLES = {"results", "hashes", "kept_array"}
+
+
+def claim(path: Path) -> None:
+    """Refuse a path that holds anything but one of this cache's files (NotOurs)."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(100)
+    except (FileNotFoundError, IsADirectoryError):  # nothing to touch; SQLite says why not
+        return
+    if header.startswith(SQLITE_HEADER):
+        mark = int.from_bytes(header[68:72], "big")
+        if mark == APPLICATION_ID or (mark == 0 and _tables(path) == UNMARKED_TABLES):
+            return
+    raise NotOurs(
+        f"--cache {path} is not an imgpipe decode cache, and ingest never moves or overwrites "
+        "a file it did not create: name a new file (or --no-cache)"
+    )
+
+
+def _tables(path: Path) -> set[str]:
+    try:
+        uri = path.resolve().as_uri() + "?mode=ro"
+        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as database:
+            return {name for (name,) in database.execute(query)}
+    except sqlite3.DatabaseError:
+        return set()
 
 
 class Decoded(NamedTuple):
@@ -66,10 +106,14 @@ def is_damaged(error: sqlite3.DatabaseError) -> bool:
 
 
 def set_aside(path: Path) -> Path:
-    """Move a damaged cache out of the way (kept, not deleted); returns its new path."""
-    aside = path.with_name(path.name + ".damaged")
-    os.replace(path, aside)
-    return aside
+    """Move a damaged cache out of the way (kept, not deleted) to a name not yet taken;
+    returns its new path."""
+    for number in itertools.count():
+        aside = path.with_name(path.name + ".damaged" + (f".{number}" if number else ""))
+        with contextlib.suppress(FileExistsError):
+            os.link(path, aside)  # unlike a rename, never replaces a file already there
+            path.unlink()
+            return aside
 
 
 def signature(stat: os.stat_result) -> tuple[int, int, int]:
@@ -101,9 +145,12 @@ class DecodeCache:
             uri = path.resolve().as_uri() + "?mode=ro"
             self.connection = sqlite3.connect(uri, uri=True, timeout=60)
         else:
+            claim(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.connection = sqlite3.connect(path, timeout=60)
             self.connection.executescript(SCHEMA)
+            if self.connection.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                self.connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
     def known_hashes(self, signatures: dict[str, tuple[int, int, int]]) -> dict[str, str]:
         """The content hash of each path whose stat signature is unchanged."""
@@ -165,7 +212,7 @@ class DecodeCache:
 
     def keep(self, images: Path, manifest: list[store.ManifestRow]) -> None:
         """Keep the images.npy just written, whose rows `manifest` describes."""
-        if self.connection is None:
+        if self.connection is None or not self._may_replace_kept():
             return
         store.link_or_copy(images, self.kept_path)
         # The facts travel with the rows: a re-run then reads no row of `results` for them.
@@ -176,6 +223,12 @@ class DecodeCache:
                 "INSERT INTO kept_array VALUES (?, ?, ?, ?, ?)",
                 (self.settings_key, json.dumps(rows), *signature(self.kept_path.stat())),
             )
+
+    def _may_replace_kept(self) -> bool:
+        """Whether the kept array's path is free, or this cache has kept an array there
+        (which may have been edited since: it is still the cache's own file)."""
+        kept_before = self.connection.execute("SELECT 1 FROM kept_array").fetchone()
+        return kept_before is not None or not self.kept_path.exists()
 
     @property
     def kept_path(self) -> Path:

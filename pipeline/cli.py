@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import PipelineError
+from pipeline.errors import NotOurs, PipelineError
 from pipeline.params import Params, ParamsError, load_params
 
 # Defaults match the paths in dvc.yaml (tests/test_dvc_yaml.py checks).
@@ -39,6 +39,8 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except NotOurs as error:
+            raise BadParams(str(error)) from None
         except PipelineError as error:
             raise click.ClickException(str(error)) from None
         except OSError as error:  # the file system refused: one line, not a traceback

@@ -13,6 +13,7 @@ Every file under the raw folder gets exactly one verdict:
 turns an image file into model input.
 """
 
+import contextlib
 import hashlib
 import io
 import os
@@ -41,7 +42,7 @@ VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
 
 # Bumped whenever examine_bytes would give other pixels or another reason for the same
 # file and settings: the decode cache keeps both.
-DECODER_VERSION = 5
+DECODER_VERSION = 6
 
 COMMIT_SECONDS = 0.5  # the most decoding work a killed run loses from the cache
 
@@ -98,6 +99,17 @@ def decode_image(data: bytes, settings: Ingest) -> tuple[np.ndarray, tuple[int, 
     Pillow reports it: already oriented). Raises
     `Rejected`, or whatever Pillow raises, for a file that is not a usable image.
     """
+    try:
+        return _decode(data, settings)
+    except ValueError as error:
+        # Pillow caps the text it decompresses (PngImagePlugin.MAX_TEXT_CHUNK and
+        # MAX_TEXT_MEMORY) and refuses the whole file above the cap; text is not pixels.
+        if "MAX_TEXT" not in str(error) or (stripped := without_png_text(data)) == data:
+            raise
+        return _decode(stripped, settings)
+
+
+def _decode(data: bytes, settings: Ingest) -> tuple[np.ndarray, tuple[int, int, str, str]]:
     height, width = settings.image_size
     # Pillow refuses above twice this limit when opening; the check below refuses above it.
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
@@ -137,17 +149,63 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:
-    if image.mode == "I" or image.mode.startswith("I;16"):
-        # 16-bit samples: scale to 8 bits, where convert() would clip all above 255 to white.
-        # Pillow opens a 16-bit PGM as 32-bit "I" holding 0-65535; wider values show white.
-        samples = np.clip(np.asarray(image), 0, 65535) >> 8
-        image = Image.fromarray(samples.astype(np.uint8))
+    if image.mode == "I" or image.mode.startswith("I;16") or image.mode == "F":
+        # convert() would clip every sample above 255 to white and show 0-1 floats black.
+        image = Image.fromarray(to_8_bits(np.asarray(image), image.mode))
     if image.mode == "LAB":  # Pillow converts LAB to RGB only
         image = image.convert("RGB")
     if image.mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba)
     return image.convert(mode)
+
+
+def to_8_bits(samples: np.ndarray, mode: str) -> np.ndarray:
+    """Integer or float samples -> uint8, by a rule that depends only on the file.
+
+    Integers (16-bit PNG, TIFF and PGM; Pillow opens a PGM as 32-bit "I") are
+    shifted down from the fewest bits, 8, 10, 12, 14 or 16, that hold the brightest
+    sample, so a 12-bit camera's 0-4095 in a 16-bit file fills 0-255. Floats
+    (mode F) in 0-1 are scaled by 255; in 0-255 they are rounded. Anything else has
+    no known scale and is rejected, never clipped.
+    """
+    if not samples.size:
+        return samples.astype(np.uint8)
+    low, high = samples.min(), samples.max()
+    if mode == "F":
+        if not np.isfinite(samples).all() or low < 0 or high > 255:
+            raise Rejected(
+                f"32-bit float samples from {low:g} to {high:g}: only 0-1 and 0-255 have a "
+                "known scale to 8 bits; convert it to an 8-bit image"
+            )
+        scale = 255 if high <= 1 else 1
+        return np.rint(samples * scale).astype(np.uint8)
+    if low < 0 or high > 65535:
+        raise Rejected(
+            f"32-bit integer samples from {low} to {high}: only 0-65535 has a known scale "
+            "to 8 bits; convert it to an 8-bit or 16-bit image"
+        )
+    bits = max(8, int(high).bit_length() + int(high).bit_length() % 2)  # 8, 10, ..., 16
+    return (samples.astype(np.uint32) >> (bits - 8)).astype(np.uint8)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+
+
+def without_png_text(data: bytes) -> bytes:
+    """A PNG file's bytes without its text chunks (comments, metadata; never pixels), or
+    `data` unchanged when it is not a PNG whose chunks can be walked."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    kept, position = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        end = position + 12 + length  # length, type, data, CRC
+        if data[position + 4 : position + 8] not in PNG_TEXT_CHUNKS:
+            kept.append(data[position:end])
+        position = end
+    return b"".join(kept)
 
 
 def _fit(image: Image.Image, size: tuple[int, int], settings: Ingest) -> Image.Image:
@@ -280,6 +338,8 @@ def examine_bytes(data: bytes, settings: Ingest, sha256: str | None = None) -> D
 def examine(path: Path, settings: Ingest, cache: DecodeCache) -> Decoded:
     """Read one file and decode it, unless the cache already holds that content."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe waits for a writer
+            return Decoded("", None, reason=NOT_REGULAR)
         data = path.read_bytes()
     except OSError as error:
         return Decoded("", None, reason=_unreadable(error))
@@ -294,28 +354,51 @@ def _unreadable(error: OSError) -> str:
     return f"cannot be read: {error.strerror or error}"
 
 
+def _too_slow(settings: Ingest) -> Decoded:
+    """Not cached (sha256 empty): how long decoding takes depends on the machine."""
+    return Decoded(
+        "",
+        None,
+        reason=f"decoding took longer than ingest.decode_seconds = {settings.decode_seconds:g} "
+        "s (a crafted file, or a machine far too busy); raise the limit to accept it",
+    )
+
+
 # Per-process state of the decoding workers, set once by `_start_worker`.
 _worker: dict = {}
 
 TAKEN, DONE = 1, 2  # a file's state in the workers' shared record of what they decode
 
 
-def _start_worker(
-    settings: Ingest, cache_path: Path | None, key: str, states=None, stop=None
-) -> None:
+def _start_worker(settings: Ingest, cache_path: Path | None, key: str, parent: int, shared=None):
+    _die_with(parent)
     _worker["settings"] = settings
     _worker["cache"] = DecodeCache(cache_path, key, read_only=True)
-    _worker["states"] = states
-    _worker["stop"] = stop
+    _worker["shared"] = shared
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when its parent ends, however it ends (SIGKILL included): left
+    behind, a worker waits for work for ever and holds the parent's output open."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent ended before the line above took effect
+        os._exit(1)
 
 
 def _examine_in_worker(job: tuple[int, Path]) -> tuple[int, Decoded | None]:
     index, path = job
-    if _worker["stop"].value:  # interrupted (Ctrl-C): skip the files already queued
+    states, started, pids, stop = _worker["shared"]
+    if stop.value:  # interrupted (Ctrl-C): skip the files already queued
         return index, None
-    _worker["states"][index] = TAKEN  # should this process die, the file is a suspect
+    started[index], pids[index] = time.monotonic(), os.getpid()  # for the watchdog
+    states[index] = TAKEN  # should this process die, the file is a suspect
     result = examine(path, _worker["settings"], _worker["cache"])
-    _worker["states"][index] = DONE
+    states[index] = DONE
     return index, result
 
 
@@ -325,18 +408,25 @@ def _examine_alone(path: Path, state: tuple, answer) -> None:
 
 
 def _alone(path: Path, state: tuple, context) -> Decoded:
-    """Examine one file in a process of its own, so that if it kills the process the
-    verdict is on that file alone."""
+    """Examine one file in a process of its own, so that if it kills the process, or takes
+    longer than the limit, the verdict is on that file alone."""
     import signal  # only a run whose decoding killed a process pays for importing it
 
+    settings = state[0]
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_examine_alone, args=(path, state, sender))
     process.start()
     sender.close()  # else recv() would wait for ever on a process that died
+    result = None
     try:
-        result = receiver.recv()
+        if receiver.poll(settings.decode_seconds):
+            result = receiver.recv()
+        else:
+            process.kill()
+            process.join()
+            return _too_slow(settings)
     except EOFError:
-        result = None
+        pass
     process.join()
     if result is not None:
         return result
@@ -350,6 +440,21 @@ def _alone(path: Path, state: tuple, context) -> Decoded:
     )
 
 
+def _watch(shared, limit: float, overdue: set[int], done) -> None:
+    """Kill the worker of any file decoding for longer than `limit` seconds; the pool then
+    breaks and examine_all settles the file. Runs in a thread until `done` is set."""
+    import signal
+
+    states, started, pids, _ = shared
+    taken = np.frombuffer(states, np.int8)
+    since = np.frombuffer(started, np.float64)
+    while not done.wait(min(0.5, limit / 4)):
+        for index in np.flatnonzero((taken == TAKEN) & (since < time.monotonic() - limit)):
+            overdue.add(int(index))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pids[index], signal.SIGKILL)
+
+
 def examine_all(
     paths: list[Path],
     settings: Ingest,
@@ -360,26 +465,41 @@ def examine_all(
     """Results in the order of `paths`, decoded on `workers` processes, started by
     `start_method` (multiprocessing's default, fork on Linux, unless named).
 
-    When a file kills its worker (a crash in a C decoder, the out-of-memory killer), the
-    files the workers held are examined again one process each, and the others anew:
-    the culprit is quarantined and the run goes on (multiprocessing.Pool would hang)."""
-    if workers <= 1 or len(paths) < 2 * workers:
-        yield from (examine(path, settings, cache) for path in paths)
+    Always in worker processes, never in this one, whatever their number: so a file
+    that kills its worker (a crash in a C decoder, the out-of-memory killer) or decodes
+    for longer than ingest.decode_seconds costs that worker, not the run. The files the
+    workers held are then examined again one process each, and the others anew: the
+    culprit is quarantined and the run goes on (multiprocessing.Pool would hang). A
+    worker ends with this process, however it ends."""
+    if not paths:
         return
-    # Only runs that decode in parallel pay for importing these.
+    # Only runs that decode pay for importing these.
     import multiprocessing
+    import threading
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     context = multiprocessing.get_context(start_method)
-    state = (settings, cache.path, cache.settings_key)
+    workers = min(workers, len(paths))
+    state = (settings, cache.path, cache.settings_key, os.getpid())
     settled: dict[int, Decoded] = {}  # files examined alone after a worker died
     done = 0  # results yielded
     while done < len(paths):
         todo = [index for index in range(done, len(paths)) if index not in settled]
         chunk = max(1, min(256, len(todo) // (workers * 4)))  # few, large chunks: less IPC
-        states, stop = context.RawArray("b", len(paths)), context.RawValue("b", 0)
-        pool = ProcessPoolExecutor(workers, context, _start_worker, (*state, states, stop))
+        shared = (
+            context.RawArray("b", len(paths)),  # each file's state: TAKEN, DONE
+            context.RawArray("d", len(paths)),  # when it was taken (time.monotonic)
+            context.RawArray("i", len(paths)),  # by which process
+            context.RawValue("b", 0),  # stop: skip the queued files
+        )
+        overdue: set[int] = set()
+        finished = threading.Event()
+        watchdog = threading.Thread(
+            target=_watch, args=(shared, settings.decode_seconds, overdue, finished), daemon=True
+        )
+        pool = ProcessPoolExecutor(workers, context, _start_worker, (*state, shared))
+        watchdog.start()
         try:
             jobs = ((index, paths[index]) for index in todo)
             for index, result in pool.map(_examine_in_worker, jobs, chunksize=chunk):
@@ -389,11 +509,16 @@ def examine_all(
             yield from (settled[after] for after in range(done, len(paths)))
             done = len(paths)
         except BrokenProcessPool:
+            states = shared[0]
             suspects = [index for index, taken in enumerate(states) if taken == TAKEN]
             for index in suspects or todo[:1]:  # at least one file settled each time
-                settled[index] = _alone(paths[index], state, context)
+                if index in overdue:
+                    settled[index] = _too_slow(settings)
+                else:
+                    settled[index] = _alone(paths[index], state, context)
         finally:
-            stop.value = 1  # else, after a Ctrl-C, the queued chunks are decoded first (seconds)
+            finished.set()
+            shared[3].value = 1  # else, after a Ctrl-C, the queued chunks are decoded first
             pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -423,8 +548,10 @@ def _decode_new(
 
 
 def settings_key(settings: Ingest) -> str:
-    """Everything that decides decode_image's output for given bytes."""
-    return f"decoder={DECODER_VERSION} pillow={PIL.__version__} {settings.model_dump_json()}"
+    """Everything that decides decode_image's output for given bytes (not the time limit:
+    a file over it is never cached)."""
+    settings_json = settings.model_dump_json(exclude={"decode_seconds"})
+    return f"decoder={DECODER_VERSION} pillow={PIL.__version__} {settings_json}"
 
 
 def ingest(

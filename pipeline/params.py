@@ -55,6 +55,9 @@ class Ingest(_Section):
     max_pixels: int = Field(
         ge=1, le=2**40, description="an integer from 1 to 2**40 (Pillow's default is 89478485)"
     )
+    decode_seconds: float = Field(
+        gt=0, le=86_400, description="a number of seconds above 0 and at most 86400"
+    )
 
 
 class View(_Section):

@@ -1,9 +1,11 @@
 """Shared fixtures: tiny real images written with Pillow, and params files."""
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -83,6 +85,22 @@ def photo_like(seed: int, size=(96, 72)) -> Image.Image:
         x, y = rng.integers(0, size[0] - 20), rng.integers(0, size[1] - 20)
         pixels[y : y + 20, x : x + 20] = rng.integers(0, 256, 3)
     return Image.fromarray(pixels)
+
+
+@contextlib.contextmanager
+def deadline(seconds: int, what: str):
+    """Turn a hang into a failure: TimeoutError(`what`) after `seconds` (SIGALRM)."""
+
+    def hung(*_):
+        raise TimeoutError(what)
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

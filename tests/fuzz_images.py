@@ -21,7 +21,7 @@ from pipeline.params import Ingest
 
 SETTINGS = Ingest(
     image_size=(32, 32), color_mode="rgb", resize="stretch", resample="bilinear",
-    max_pixels=4_000_000,
+    max_pixels=4_000_000, decode_seconds=60,
 )  # fmt: skip
 SEEDS = []
 for fmt, mode in [("JPEG", "RGB"), ("PNG", "RGBA"), ("GIF", "P"), ("WEBP", "RGB"), ("PNG", "L")]:

@@ -1,5 +1,6 @@
 """Ingest on real images of every kind: verdicts, decoding, determinism, the cache."""
 
+import contextlib
 import faulthandler
 import hashlib
 import io
@@ -9,19 +10,21 @@ import resource
 import signal
 import struct
 import subprocess
+import sys
 import time
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from pipeline import ingest, store
 from pipeline.cache import DecodeCache
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
-from tests.conftest import BIN, REPO, default_params, image_bytes, make_dataset
+from tests.conftest import BIN, REPO, deadline, default_params, image_bytes, make_dataset
 
 
 def settings(**overrides) -> Ingest:
@@ -73,6 +76,49 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped(fmt, dtype, opened_as):
     # Clipping would make everything above 255/65535 white; scaling keeps the ramp.
     assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255
     assert 120 < np.median(pixels) < 135
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14])
+def test_fewer_bits_in_a_sixteen_bit_file_fill_the_range(bits):
+    # A 12-bit camera's 0-4095 in a 16-bit PNG came out at most 15 of 255.
+    ramp = np.linspace(0, 2**bits - 1, 64 * 64).astype(np.uint16).reshape(64, 64)
+    pixels = decode(encode(Image.fromarray(ramp), "PNG"), settings(image_size=[64, 64]))
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert 120 < np.median(pixels) < 135
+
+
+@pytest.mark.parametrize("top", [1.0, 255.0])
+def test_float_samples_in_0_1_or_0_255_are_scaled_by_that_range(top):
+    ramp = np.linspace(0, top, 64 * 64, dtype=np.float32).reshape(64, 64)
+    data = encode(Image.fromarray(ramp, "F"), "TIFF")
+    pixels = decode(data, settings(image_size=[64, 64], resample="nearest"))
+    # Before: 0-1 floats came out all black.
+    assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255
+    assert 120 < np.median(pixels) < 135
+
+
+@pytest.mark.parametrize(
+    "mode, samples, reason",
+    [
+        ("F", np.linspace(0, 1000, 256, dtype=np.float32), "from 0 to 1000: only 0-1 and 0-255"),
+        ("F", np.full(256, np.nan, np.float32), "from nan to nan"),
+        ("I", np.linspace(-5, 70000, 256).astype(np.int32), "from -5 to 70000: only 0-65535"),
+    ],
+)
+def test_samples_with_no_known_scale_are_quarantined_not_clipped(mode, samples, reason):
+    data = encode(Image.fromarray(samples.reshape(16, 16), mode), "TIFF")
+    assert reason in ingest.examine_bytes(data, GRAY).reason
+
+
+def test_a_png_with_a_text_chunk_too_large_for_pillow_is_accepted():
+    info = PngImagePlugin.PngInfo()
+    info.add_text("notes", "x" * 2_000_000, zip=True)  # 2 MB of text, a few kB compressed
+    image = Image.new("RGB", (40, 30), (200, 10, 10))
+    with pytest.raises(ValueError, match="MAX_TEXT_CHUNK"):
+        Image.open(io.BytesIO(encode(image, "PNG", pnginfo=info))).load()
+    result = ingest.examine_bytes(encode(image, "PNG", pnginfo=info), RGB)
+    assert result.reason is None
+    assert np.frombuffer(result.pixels, np.uint8).reshape(24, 40, 3)[0, 0].tolist() == [200, 10, 10]
 
 
 def test_transparent_pixels_become_white():
@@ -370,22 +416,112 @@ def test_a_file_that_kills_its_decoding_process_is_quarantined_and_the_run_goes_
         return real(data, ingest_settings)
 
     monkeypatch.setattr(ingest, "decode_image", dying_on_it)
-
-    def hung(*_):
-        raise TimeoutError("ingest hung after a decoding process died")
-
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(60)
-    try:
+    with deadline(60, "ingest hung after a decoding process died"):
         interim = ingest.run(raw, tmp_path / "with", GRAY, workers=2)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
     (row,) = interim.quarantine
     assert row.path == "mid/005b.png" and f"killed the process (signal {death.name})" in row.reason
     without, with_it = written(tmp_path / "without"), written(tmp_path / "with")
     for name in ("images.npy", "manifest.csv", "duplicates.csv"):  # nothing else changed
         assert with_it[name] == without[name]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_file_slower_to_decode_than_the_limit_is_quarantined_and_the_run_goes_on(
+    tmp_path, monkeypatch, workers
+):
+    raw = make_dataset(tmp_path / "raw")
+    quick = settings(decode_seconds=1)
+    ingest.run(raw, tmp_path / "without", quick, workers=workers)
+    slow = image_bytes(128, "slow")
+    write(raw / "mid" / "005b.png", slow)
+    real = ingest.decode_image
+
+    def stuck_on_it(data, ingest_settings):  # the workers are forked: they inherit this
+        if data == slow:
+            time.sleep(600)  # as a crafted progressive JPEG decodes: without end in sight
+        return real(data, ingest_settings)
+
+    monkeypatch.setattr(ingest, "decode_image", stuck_on_it)
+    started = time.monotonic()
+    interim = ingest.run(raw, tmp_path / "with", quick, workers=workers)
+    assert time.monotonic() - started < 30
+    (row,) = interim.quarantine
+    assert row.path == "mid/005b.png"
+    assert "longer than ingest.decode_seconds = 1 s" in row.reason
+    without, with_it = written(tmp_path / "without"), written(tmp_path / "with")
+    for name in ("images.npy", "manifest.csv", "duplicates.csv"):  # nothing else changed
+        assert with_it[name] == without[name]
+
+
+# Decodes slowly in every process: at the top level, spawned workers run it too.
+SLOW_DECODING = """
+import sys, time
+from pathlib import Path
+from pipeline import ingest
+from pipeline.cache import DecodeCache
+from pipeline.params import load_params
+
+real = ingest.decode_image
+
+
+def slow(data, settings):
+    time.sleep(0.2)
+    return real(data, settings)
+
+
+ingest.decode_image = slow
+if __name__ == "__main__":
+    settings = load_params(Path(sys.argv[2])).ingest
+    paths = sorted(Path(sys.argv[1]).rglob("*.png"))
+    for _ in ingest.examine_all(paths, settings, DecodeCache(None, ""), 2, sys.argv[3]):
+        print("decoded", flush=True)
+"""
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:  # fields: state, ppid, ...
+                found.append(int(stat_file.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads processes from /proc")
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])  # ingest's, predict's
+@pytest.mark.parametrize("death", [signal.SIGKILL, signal.SIGTERM])
+def test_decoding_workers_end_with_their_parent_however_it_ends(tmp_path, start_method, death):
+    raw = make_dataset(tmp_path / "raw", per_class=100)  # 60 s of decoding on two workers
+    script = tmp_path / "slow_decoding.py"
+    script.write_text(SLOW_DECODING)
+    parent = subprocess.Popen(
+        [sys.executable, script, raw, REPO / "params.yaml", start_method],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert parent.stdout.readline() == "decoded\n"  # the workers are at work
+        workers = children(parent.pid)
+        assert len(workers) >= 2
+        os.kill(parent.pid, death)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(map(running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in workers if running(pid)] == []  # before: blocked for ever
+    finally:
+        parent.kill()
+        for pid in children(parent.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_an_interrupted_run_stops_decoding_the_files_already_queued(tmp_path, monkeypatch):
@@ -414,17 +550,38 @@ def test_an_interrupted_run_stops_decoding_the_files_already_queued(tmp_path, mo
 
 
 @pytest.fixture
-def counted_decodes(monkeypatch):
-    """Record each decode_image call in this process (the cache tests use one worker)."""
-    calls = []
+def counted_decodes(monkeypatch, tmp_path):
+    """Record each decode_image call: the workers are forked, so they inherit the stand-in,
+    which appends the hash to a log file (one write, whole, per call)."""
+    log = DecodeLog(tmp_path / "decodes.log")
     real = ingest.decode_image
 
     def counting(data, ingest_settings):
-        calls.append(hashlib.sha256(data).hexdigest())
+        with log.path.open("a") as file:
+            file.write(hashlib.sha256(data).hexdigest() + "\n")
         return real(data, ingest_settings)
 
     monkeypatch.setattr(ingest, "decode_image", counting)
-    return calls
+    return log
+
+
+class DecodeLog:
+    """The hashes decoded so far, compared like a list."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def hashes(self) -> list[str]:
+        return self.path.read_text().split() if self.path.exists() else []
+
+    def __len__(self) -> int:
+        return len(self.hashes())
+
+    def __eq__(self, other) -> bool:
+        return self.hashes() == other
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def test_a_rerun_decodes_nothing_and_a_grown_folder_only_new_files(tmp_path, counted_decodes):
@@ -490,20 +647,19 @@ def test_an_unchanged_rerun_links_the_kept_array_instead_of_writing_it(tmp_path,
     assert written(tmp_path / "changed") == written(tmp_path / "scratch")
 
 
-@pytest.mark.parametrize("damage", ["not a database", "pages overwritten"])
+@pytest.mark.parametrize("damage", ["all but the header overwritten", "pages overwritten"])
 def test_a_damaged_cache_is_set_aside_with_a_warning_and_the_run_goes_on(
     tmp_path, capsys, counted_decodes, damage
 ):
     raw = make_dataset(tmp_path / "raw", per_class=4)
     cache = tmp_path / "cache.sqlite"
     ingest.run(raw, tmp_path / "scratch", GRAY, cache_path=None)
-    if damage == "not a database":
-        cache.write_bytes(b"\x00" * 100 + os.urandom(3000))
-    else:  # a torn write: the schema page survives, the tables do not
-        ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
-        with cache.open("r+b") as file:
-            file.seek(4096)
-            file.write(b"\xff" * (cache.stat().st_size - 4096))
+    ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
+    # The header, which holds the cache's mark, survives; the schema page may not.
+    keep = 100 if damage == "all but the header overwritten" else 4096
+    with cache.open("r+b") as file:
+        file.seek(keep)
+        file.write(b"\xff" * (cache.stat().st_size - keep))
     damaged = cache.read_bytes()
 
     ingest.run(raw, tmp_path / "out", GRAY, cache_path=cache)
