@@ -129,20 +129,8 @@ def evaluate(
 
 
 def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) -> keras.Model:
-    """Load a model, refusing one trained with another label map or for other input shapes."""
-    labels = store.beside_model(model_path)["labels"]
-    if not labels.exists():
-        raise PipelineError(
-            f"{model_path} has no {labels.name} beside it, so its label map is unknown "
-            "(train was interrupted, or the model was copied alone); train again (dvc repro)"
-        )
-    trained_with = store.read_json(labels)
-    current = store.read_class_indices(processed)
-    if trained_with != current:
-        raise PipelineError(
-            f"{model_path} was trained with the label map {trained_with}, but "
-            f"{processed / 'labels.json'} is {current}; train again (dvc repro) first"
-        )
+    """Load a model, refusing one trained with another label map or for other input shapes,
+    or whose label map was written for another model file."""
     try:
         # Uncompiled: evaluating and predicting need no optimizer, and a mixed-precision
         # model's loss-scaling optimizer does not load back into a float32 process (Keras
@@ -153,6 +141,13 @@ def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) 
             f"{model_path} cannot be loaded as a Keras model ({one_line(error)}); it is damaged "
             "or not a .keras file: train again (dvc repro) or fetch it again (dvc pull)"
         ) from None
+    trained_with = store.read_model_labels(model_path)
+    current = store.read_class_indices(processed)
+    if trained_with != current:
+        raise PipelineError(
+            f"{model_path} was trained with the label map {trained_with}, but "
+            f"{processed / 'labels.json'} is {current}; train again (dvc repro) first"
+        )
     wanted = [tuple(shape[1:]) for shape in (i.shape for i in model.inputs)]
     given = [tuple(shape) for shape in shapes[: len(wanted)]]
     if given != wanted:

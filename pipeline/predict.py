@@ -39,7 +39,7 @@ def predict(
         for view in params.prepare.views
     ]
     model = load_matching_model(model_path, processed, shapes)  # refused before any decoding
-    names = list(store.read_json(store.beside_model(model_path)["labels"]))
+    names = list(store.read_model_labels(model_path))
     files = image_files(paths)
     nothing_kept = DecodeCache(None, settings_key(params.ingest))
     # Spawned, not forked: this process runs TensorFlow's threads, and a forked child

@@ -8,6 +8,7 @@ place, so a killed stage never leaves a file that looks complete but is not.
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import operator
@@ -201,6 +202,34 @@ def beside_model(model_path: Path) -> dict[str, Path]:
         "summary": model_path.with_name("summary.txt"),
         "architecture": model_path.with_name("architecture.png"),
     }
+
+
+def write_model_labels(model_path: Path, class_indices: dict[str, int]) -> None:
+    """The label map a saved model was trained with, and the digest of that model file."""
+    record = {"classes": class_indices, "model_sha256": _digest(model_path)}
+    write_json(beside_model(model_path)["labels"], record)
+
+
+def read_model_labels(model_path: Path) -> dict[str, int]:
+    """The label map `model_path` was trained with; refused unless it is that model's."""
+    labels = beside_model(model_path)["labels"]
+    if not labels.exists():
+        raise PipelineError(
+            f"{model_path} has no {labels.name} beside it, so its label map is unknown "
+            "(train was interrupted, or the model was copied alone); train again (dvc repro)"
+        )
+    record = read_json(labels)
+    if not isinstance(record, dict) or record.get("model_sha256") != _digest(model_path):
+        raise PipelineError(
+            f"{labels} belongs to another {model_path.name} than the one beside it (files of "
+            "two training runs mixed, or an older imgpipe's); train again (dvc repro)"
+        )
+    return record["classes"]
+
+
+def _digest(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def read_split_rows(path: Path) -> list[SplitRow]:

@@ -173,12 +173,19 @@ def train(
     keras.config.set_dtype_policy(dtype_policy(settings.mixed_precision, device_kind()))
     units = train_split.labels.shape[1]
     shapes = [view.shape[1:] for view in train_split.views]
+    size, shard = settings.batch_size, distribution.shard
+    steps = distribution.steps(size, len(train_split.labels))  # refuses an unsplittable batch
+    execution = steps_per_execution(settings.steps_per_execution, steps)
+    if execution != settings.steps_per_execution:
+        print(
+            f"train: {execution} steps per execution: the most, up to train.steps_per_execution "
+            f"= {settings.steps_per_execution}, that divides the {steps} batches of an epoch",
+            flush=True,
+        )
     with distribution.scope():
         model = build_model(settings.model, shapes, units, settings.augment)
-        compile_model(model, units, settings.learning_rate, settings.steps_per_execution)
+        compile_model(model, units, settings.learning_rate, execution)
     inputs = len(model.inputs)
-    size, shard = settings.batch_size, distribution.shard
-    distribution.steps(size, len(train_split.labels))  # refuses a batch that cannot be split
     if shard[1] > 1:  # validation too in whole global batches, split evenly
         replicas = distribution.replicas
         validation_size = min(size, len(val_split.labels) // replicas * replicas)
@@ -214,6 +221,13 @@ def train(
         verbose=1 if sys.stdout.isatty() else 2,
     )
     return model
+
+
+def steps_per_execution(setting: int, steps: int) -> int:
+    """The most batches per call into the backend, at most `setting`, that divide an epoch
+    of `steps` batches. Keras runs whole calls of that many batches, so with any other
+    number an epoch trains on more batches than it has (4 of 9: 12 an epoch)."""
+    return max(d for d in range(1, min(setting, steps) + 1) if steps % d == 0)
 
 
 def architecture_png(model: keras.Model, path: Path) -> str | None:
@@ -254,12 +268,13 @@ def _train_and_save(
 
     train_split = store.read_split(processed, "train")
     val_split = store.read_split(processed, "val")
+    # Before training, not after: an interrupted run then leaves no model beside its metrics.
+    beside = store.beside_model(model_path)
+    store.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
         logger = LiveLogger(live, len(train_split.labels), distribution.replicas)
         model = train(train_split, val_split, params, [logger], distribution)
-    beside = store.beside_model(model_path)
-    store.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
     with store.atomic_path(model_path, suffix=".keras") as temporary:
         model.save(temporary)
     lines = []
@@ -269,7 +284,7 @@ def _train_and_save(
         print(
             f"train: warning: {beside['architecture']} is a placeholder: {problem}", file=sys.stderr
         )
-    # Last, so that a model never stands beside another run's label map: the label map
-    # it was trained with, which evaluate and predict check.
-    store.write_json(beside["labels"], store.read_class_indices(processed))
+    # Last: the label map it was trained with and the model's digest, which evaluate and
+    # predict check, so that a model never passes with another run's label map.
+    store.write_model_labels(model_path, store.read_class_indices(processed))
     return model, distribution.chief

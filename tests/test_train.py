@@ -197,3 +197,14 @@ def test_every_model_trains_an_epoch_on_the_other_backends(backend):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "8 passed" in done.stdout
+
+
+@pytest.mark.parametrize("setting", [1, 2, 4, 9, 100])
+def test_steps_per_execution_never_changes_the_batches_an_epoch_trains_on(tmp_path, setting):
+    # 9 batches an epoch: 4 took 12 steps an epoch and 100 took 100, the bar saying 9/9.
+    _noise(tmp_path, train_count=72, val_count=8)
+    raw = default_params()
+    raw["train"].update(epochs=2, batch_size=8, steps_per_execution=setting)
+    model = train(store.read_split(tmp_path, "train"), store.read_split(tmp_path, "val"),
+                  Params.model_validate(raw), [])  # fmt: skip
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * 9
