@@ -105,6 +105,15 @@ def is_damaged(error: sqlite3.DatabaseError) -> bool:
     return type(error) is sqlite3.DatabaseError
 
 
+def writable(path: Path) -> bool:
+    """Whether the cache at `path` can be created or written (not a read-only file system,
+    nor a folder without write permission)."""
+    folder = path.parent
+    while not folder.exists():  # the cache makes the folders it needs
+        folder = folder.parent
+    return os.access(folder, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
 def set_aside(path: Path) -> Path:
     """Move a damaged cache out of the way (kept, not deleted) to a name not yet taken;
     returns its new path."""

@@ -216,6 +216,8 @@ def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> N
         f"  near-duplicates: {near['pairs']} pairs in {near['groups']} groups, "
         f"{near['moved']} images moved with their group, leakage {near['leakage']}"
     )
+    for warning in processed.report["warnings"]:
+        click.echo(f"warning: {warning}")
 
 
 @cli.command()

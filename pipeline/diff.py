@@ -60,7 +60,7 @@ def read_rows(splits_csv: Path, rev: str | None) -> list[store.SplitRow]:
             f"cannot read {splits_csv} at {rev}: {error}; check the revision, "
             "and `dvc fetch` its data if this machine's DVC cache does not have it"
         ) from None
-    return store.split_rows_from_text(text)
+    return store.split_rows_from_text(text, f"{splits_csv} at {rev}")
 
 
 def render(table: dict) -> str:

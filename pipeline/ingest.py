@@ -34,7 +34,15 @@ import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline import store
-from pipeline.cache import DecodeCache, Decoded, Kept, is_damaged, set_aside, signature
+from pipeline.cache import (
+    DecodeCache,
+    Decoded,
+    Kept,
+    is_damaged,
+    set_aside,
+    signature,
+    writable,
+)
 from pipeline.errors import PipelineError, one_line
 from pipeline.params import Ingest
 
@@ -696,6 +704,22 @@ def summary(interim: store.Interim, out: Path, max_rows: int = 12) -> str:
 
 def run(
     raw: Path, out: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
+) -> store.Interim:
+    """Ingest `raw` into `out`; a second ingest into the same `out` waits for the first."""
+    with store.exclusive(out, "ingest"):
+        if cache_path is not None and not writable(cache_path):
+            print(
+                f"ingest: warning: the decode cache's folder {cache_path.parent} is not writable; "
+                "decoding every file without it (pass --no-cache, or point --cache or "
+                "IMGPIPE_DECODE_CACHE at a writable path)",
+                file=sys.stderr,
+            )
+            cache_path = None
+        return _run_with_cache(raw, out, settings, workers, cache_path)
+
+
+def _run_with_cache(
+    raw: Path, out: Path, settings: Ingest, workers: int, cache_path: Path | None
 ) -> store.Interim:
     try:
         return _run(raw, out, settings, workers, cache_path)

@@ -24,6 +24,11 @@ SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # a group goes to its members' 
 PIL_MODES = {"grayscale": "L", "rgb": "RGB"}
 
 
+# How far, in fractions of the data set, a realised split may be from the asked one
+# before prepare warns.
+SPLIT_TOLERANCE = 0.10
+
+
 def natural_split(sha256: str, settings: Prepare) -> str:
     """Map an image's content hash to a split, uniformly and reproducibly."""
     digest = hashlib.sha256(f"{settings.split_salt}:{sha256}".encode()).digest()
@@ -204,6 +209,7 @@ def prepare(interim: store.Interim, settings: Prepare) -> store.Processed:
         for row, split, first, group in zip(manifest, splits, natural, groups, strict=True)
     ]
     report = _report(rows, classes, pairs, sizes, leakage(pairs, splits))
+    report["warnings"] = split_warnings(report, classes, settings)
     return store.Processed(arrays, class_indices, rows, report)
 
 
@@ -223,6 +229,36 @@ def _report(rows, classes, pairs, sizes: Counter, leaked: int) -> dict:
             "leakage": leaked,
         },
     }
+
+
+def split_warnings(report: dict, classes: list[str], settings: Prepare) -> list[str]:
+    """What a user should know about the realised split: classes with no training image,
+    and splits more than SPLIT_TOLERANCE away from their asked fraction because
+    near-duplicate groups moved together."""
+    sizes = report["splits"]
+    warnings = [
+        f"class '{name}' has no image in train ({sizes['val'][name]} in val, "
+        f"{sizes['test'][name]} in test): the model cannot learn it; add images of it"
+        for name in classes
+        if sizes["train"][name] == 0
+    ]
+    total = sum(sizes[split]["total"] for split in store.SPLITS)
+    asked = {
+        "train": 1 - settings.val_fraction - settings.test_fraction,
+        "val": settings.val_fraction,
+        "test": settings.test_fraction,
+    }
+    moved = report["near_duplicates"]["moved"]
+    for split in store.SPLITS:
+        realised = sizes[split]["total"] / total
+        if moved and abs(realised - asked[split]) > SPLIT_TOLERANCE:
+            warnings.append(
+                f"{split} holds {realised:.0%} of the images where {asked[split]:.0%} was asked: "
+                f"{moved} images moved with their near-duplicate groups; lower "
+                f"prepare.near_duplicate_distance (now {settings.near_duplicate_distance}) if "
+                "the groups join images that are not copies"
+            )
+    return warnings
 
 
 def class_balance_png(report: dict, classes: list[str]) -> bytes:

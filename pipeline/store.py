@@ -8,15 +8,17 @@ place, so a killed stage never leaves a file that looks complete but is not.
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
 import operator
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +159,30 @@ def write_processed(folder: Path, processed: Processed) -> None:
     _write_rows(folder / "splits.csv", SplitRow, processed.rows)  # last: complete when present
 
 
+@contextmanager
+def exclusive(folder: Path, stage: str) -> Iterator[None]:
+    """Hold `folder` for one run of `stage` at a time: a second run waits, saying so. The
+    lock is on the folder itself (flock), so it leaves no file behind; a folder made here
+    and still empty at the end (the run failed early) is removed."""
+    import fcntl
+
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{stage}: waiting for another {stage} writing to {folder}", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+        if made:
+            with suppress(OSError):  # not empty: the run wrote into it
+                folder.rmdir()
+
+
 def clear_outputs(folder: Path, names) -> None:
     """Remove a stage's previous outputs, and what killed writes left, before writing anew.
 
@@ -243,6 +269,7 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
     handle, name = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{suffix}"
     )
+    os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
     os.close(handle)
     temporary = Path(name)
     try:
@@ -250,6 +277,14 @@ def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (reading it means setting it: os.umask returns the old)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -278,14 +313,14 @@ def save_array(path: Path, array: np.ndarray) -> None:
 
 
 @contextmanager
-def _parsing(path: Path) -> Iterator[None]:
+def _parsing(path: Path | str) -> Iterator[None]:
     """A stage's output that is there but cannot be parsed: say which, and how to mend it."""
     try:
         yield
     except (ValueError, TypeError, csv.Error) as error:
         raise PipelineError(
-            f"{path} is damaged ({one_line(error)}); restore it (dvc checkout) or run the stage "
-            "that writes it again (dvc repro)"
+            f"{path} is damaged or not the file expected ({one_line(error)}); restore it "
+            "(dvc checkout), run the stage that writes it again (dvc repro), or name the right file"
         ) from None
 
 
@@ -323,13 +358,30 @@ def _read_rows(path: Path, row_type: type) -> list:
         return _parse_rows(file, row_type)
 
 
-def split_rows_from_text(text: str) -> list[SplitRow]:
-    return _parse_rows(io.StringIO(text, newline=""), SplitRow)
+def split_rows_from_text(text: str, source: str) -> list[SplitRow]:
+    """The rows of a splits.csv read from elsewhere (a git revision), `source` naming it."""
+    with _parsing(source):
+        return _parse_rows(io.StringIO(text, newline=""), SplitRow)
+
+
+# The file each kind of row is written to, for messages about a file of the wrong kind.
+TABLES = {
+    ManifestRow: "manifest.csv",
+    QuarantineRow: "quarantine.csv",
+    DuplicateRow: "duplicates.csv",
+    SplitRow: "splits.csv",
+    PredictionRow: "predictions.csv",
+    RocPoint: "roc.csv",
+    PrecisionRecallPoint: "precision_recall.csv",
+}
 
 
 def _parse_rows(lines, row_type: type) -> list:
     types = {field.name: field.type for field in dataclasses.fields(row_type)}
-    return [
-        row_type(**{name: types[name](value) for name, value in row.items()})
-        for row in csv.DictReader(lines)
-    ]
+    reader = csv.DictReader(lines)
+    if reader.fieldnames != list(types):  # e.g. a manifest.csv given where a splits.csv goes
+        raise ValueError(
+            f"its columns are {', '.join(reader.fieldnames or ['none'])}, where a "
+            f"{TABLES[row_type]} has {', '.join(types)}"
+        )
+    return [row_type(**{name: types[name](value) for name, value in row.items()}) for row in reader]

@@ -3,11 +3,13 @@
 import contextlib
 import csv
 import errno
+import fcntl
 import json
 import os
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -598,3 +600,36 @@ def test_evaluate_refuses_a_label_map_written_for_another_model_file(project, tm
     assert result.exit_code == 1
     assert f"{model.with_name('model.labels.json')} belongs to another model.keras" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_ingest_into_the_same_folder_waits_for_the_first(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=4)
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = os.open(out, os.O_RDONLY)  # as a running ingest holds it
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    command = [BIN / "imgpipe", "ingest", "--raw", raw, "--out", out, "--no-cache"]
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert second.stderr.readline() == f"ingest: waiting for another ingest writing to {out}\n"
+        time.sleep(1)
+        assert second.poll() is None and list(out.iterdir()) == []  # it waits, writing nothing
+    finally:
+        os.close(holder)  # the first one ends
+    assert second.wait(timeout=120) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(store.INTERIM_FILES)
+    # Two at once: 1 pair in 20 failed with "No such file or directory: .../images.npy".
+    pair = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(2)]  # fmt: skip
+    assert [process.wait(timeout=120) for process in pair] == [0, 0]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_outputs_follow_the_umask(tmp_path, umask):
+    # Written through mkstemp, they were 0600 whatever the umask.
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    out = tmp_path / "out"
+    command = [BIN / "imgpipe", "ingest", "--raw", raw, "--out", out, "--no-cache"]
+    subprocess.run(command, check=True, capture_output=True, preexec_fn=lambda: os.umask(umask))
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == dict.fromkeys(store.INTERIM_FILES, 0o666 & ~umask)

@@ -88,6 +88,16 @@ def test_diff_shows_what_changed_between_two_commits(repo):
     unchanged = json.loads(run(repo, BIN / "imgpipe", "diff", "--json"))  # HEAD vs work tree
     assert set(unchanged["total"].values()) == {0}
 
+    # A table of another kind ended in a `KeyError: 'width'` traceback.
+    wrong = ["diff", "HEAD", "--splits", "data/interim/manifest.csv"]
+    done = subprocess.run([BIN / "imgpipe", *wrong], cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(
+        "Error: data/interim/manifest.csv at HEAD is damaged or not the file expected (ValueError: "
+        "its columns are path, label, sha256, width, height, format, mode, where a splits.csv "
+        "has path, sha256, label, split, group, moved_from)"
+    )
+
 
 def test_diff_of_an_unknown_revision_says_what_to_check(repo):
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}

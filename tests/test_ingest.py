@@ -683,6 +683,32 @@ def test_a_cache_that_cannot_be_opened_stops_the_run_with_what_to_do(tmp_path):
     assert list(in_the_way.iterdir()) == [] and not (tmp_path / "out").exists()
 
 
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder on a read-only file system (a tmpfs mounted ro), where even root cannot write."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", folder],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", folder], check=True)
+
+
+def test_a_cache_on_a_read_only_file_system_is_a_warning_and_the_run_goes_on(
+    tmp_path, read_only_folder, capsys
+):
+    # Before: the outputs were written, then ingest exited 1 naming a .partial file.
+    raw = make_dataset(tmp_path / "raw", per_class=4)
+    ingest.run(raw, tmp_path / "scratch", GRAY, cache_path=None)
+    ingest.run(raw, tmp_path / "out", GRAY, cache_path=read_only_folder / "decoded.sqlite")
+    assert written(tmp_path / "out") == written(tmp_path / "scratch")
+    warning = capsys.readouterr().err
+    assert f"the decode cache's folder {read_only_folder} is not writable" in warning
+    assert "--no-cache" in warning and "IMGPIPE_DECODE_CACHE" in warning
+
+
 def test_a_kept_array_edited_or_deleted_is_not_trusted(tmp_path):
     raw = make_dataset(tmp_path / "raw", per_class=4)
     cache = tmp_path / "cache.sqlite"

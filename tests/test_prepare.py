@@ -1,5 +1,6 @@
 """Prepare: a split that never reshuffles or leaks, labels, views, the report and plots."""
 
+import dataclasses
 import hashlib
 import io
 
@@ -243,3 +244,32 @@ def test_one_class_or_an_empty_test_split_is_an_error_that_says_what_to_do():
         prepare.prepare(noise_interim(20, classes=("only",)), SETTINGS)
     with pytest.raises(PipelineError, match="split is empty .* change prepare"):
         prepare.prepare(noise_interim(2), SETTINGS)
+
+
+def test_a_class_with_no_training_image_is_a_warning():
+    interim = noise_interim(60, classes=("a", "b"))
+    rare = next(i for i, row in enumerate(interim.manifest)
+                if prepare.natural_split(row.sha256, SETTINGS) == "test")  # fmt: skip
+    row = interim.manifest[rare]
+    interim.manifest[rare] = store.ManifestRow(row.path, "rare", *dataclasses.astuple(row)[2:])
+    (warning,) = prepare.prepare(interim, SETTINGS).report["warnings"]
+    assert warning.startswith("class 'rare' has no image in train (0 in val, 1 in test)")
+
+
+def test_a_split_far_from_its_fraction_because_groups_moved_is_a_warning_naming_the_cause():
+    interim = noise_interim(60)
+    interim.images[:30] = interim.images[0]  # one near-duplicate group of half the images
+    report = prepare.prepare(interim, SETTINGS).report
+    moved = report["near_duplicates"]["moved"]
+    assert moved > 0
+    assert any(
+        warning.startswith("test holds ")
+        and f"{moved} images moved with their near-duplicate "
+        "groups; lower prepare.near_duplicate_distance (now 24)"
+        in warning
+        for warning in report["warnings"]
+    ), report["warnings"]
+
+
+def test_a_split_as_asked_has_no_warning():
+    assert prepare.prepare(noise_interim(300), SETTINGS).report["warnings"] == []

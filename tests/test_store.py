@@ -56,7 +56,8 @@ def test_a_damaged_output_is_named_with_how_to_mend_it(tmp_path, damage, name):
     damage(tmp_path)
     with pytest.raises(PipelineError) as raised:
         store.read_interim(tmp_path)
-    assert str(raised.value).startswith(f"{tmp_path / name} is damaged (")
+    assert str(raised.value).startswith(f"{tmp_path / name} is damaged or not the file expected (")
     assert str(raised.value).endswith(
-        "restore it (dvc checkout) or run the stage that writes it again (dvc repro)"
+        "restore it (dvc checkout), run the stage that writes it again (dvc repro), "
+        "or name the right file"
     )
