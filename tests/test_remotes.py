@@ -5,14 +5,16 @@ empty cache, fetches only what training needs, trains and evaluates, and pushes
 back; both end with the same metrics. Each test runs against both servers.
 """
 
+import hashlib
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import BIN, GIT_IDENTITY, image_bytes, new_project
+from tests.conftest import BIN, GIT_IDENTITY, image_bytes, new_project, tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +173,78 @@ def corrupt_one_object(server, a) -> None:
         fs.pipe(f"dvc/store/{key}", b"not the image any more")
     else:
         (server.folder / key).write_bytes(b"not the image any more")
+
+
+def remote_files(server) -> list[str]:
+    return sorted(str(p) for p in server.folder.rglob("*") if p.is_file())
+
+
+def torn_objects(server) -> list[str]:
+    """Files on the remote that are not whole DVC objects (files/md5/ab/cdef... whose md5
+    is abcdef...): partial uploads, temporary files."""
+    return [
+        path
+        for path in remote_files(server)
+        if hashlib.md5(Path(path).read_bytes()).hexdigest()
+        != "".join(Path(path).relative_to(server.folder / "files" / "md5").parts)
+    ]
+
+
+def failed_push(env, clone, *targets) -> str:
+    sh(env, clone, "git", "add", "-A")
+    sh(env, clone, "git", "commit", "-qm", "raw data")
+    failed = sh(env, clone, BIN / "imgpipe", "push", *targets, ok=False)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    message = failed.stderr.strip()
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("server", ["ssh"], indirect=True)
+def test_a_push_to_a_full_remote_says_there_is_no_space_and_leaves_nothing(
+    tmp_path, env, server, machine_a
+):
+    # Before: "4 files failed to upload; check that the server is running ...". OpenSSH
+    # says only "Failure": the server's file system tells the rest.
+    a, _ = machine_a
+    with tmpfs(server.folder, "size=64k"):  # the images take about 170 kB
+        message = failed_push(env, a)
+        assert remote_files(server) and torn_objects(server) == []  # what fitted is whole
+    assert message.startswith(
+        f"Error: push to remote 'store' ({server.url}) failed: no space left on the remote ("
+    )
+    assert "bytes free" in message and message.endswith(
+        "free space there, then run the command again"
+    )
+
+
+@pytest.mark.parametrize("server", ["ssh"], indirect=True)
+def test_a_push_to_a_read_only_remote_says_so(tmp_path, env, server, machine_a):
+    a, _ = machine_a
+    with tmpfs(server.folder, "ro"):
+        message = failed_push(env, a)
+        assert remote_files(server) == []
+    assert "failed: the remote's file system is read-only (the server said: " in message
+    assert "make it writable, or push to another remote" in message
+
+
+@pytest.mark.parametrize("server", ["s3-read-only"], indirect=True)
+def test_a_push_with_credentials_that_may_not_write_says_permission_denied(
+    tmp_path, env, server, machine_a
+):
+    a, _ = machine_a
+    message = failed_push(env, a)
+    assert message.startswith(
+        f"Error: push to remote 'store' ({server.url} at {server.config['endpointurl']}) "
+        "failed: permission denied (the server said: Access Denied.)"
+    )
+    assert "check what the credentials in .dvc/config.local may do" in message
+    assert "check that the server is running" not in message
+
+
+@pytest.mark.parametrize("server", ["ssh"], indirect=True)
+def test_a_push_of_a_target_that_does_not_exist_names_it(tmp_path, env, server, machine_a):
+    a, _ = machine_a
+    message = failed_push(env, a, "data/nonesuch")
+    assert message.startswith("Error: push: no such target: 'data/nonesuch' does not exist")
+    assert "check that the server is running" not in message
