@@ -4,7 +4,7 @@
     python -m bench.ingest compare DIR [DIR ...] --rounds 3
     python -m bench.ingest incremental DIR
 
-`compare` alternates, round by round, three ways of turning a class-folder
+`compare` alternates, round by round, four ways of turning a class-folder
 tree into uint8 arrays at the size and colour mode of params.yaml:
 
 - imgpipe:  `imgpipe ingest --no-cache`, a whole process, start-up included;

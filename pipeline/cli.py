@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from pipeline.backend import load_keras
-from pipeline.errors import NotOurs, PipelineError
+from pipeline.errors import NotOurs, PipelineError, refused
 from pipeline.params import Params, ParamsError, load_params
 
 # Defaults match the paths in dvc.yaml (tests/test_dvc_yaml.py checks).
@@ -42,28 +42,7 @@ class Group(click.Group):
         except OSError as error:  # the file system refused: one line, not a traceback
             if error.errno == errno.EPIPE:  # a reader of our output left: click's own case
                 raise
-            raise click.ClickException(_refused(error)) from None
-
-
-# What to do next, by the file system's reason.
-NEXT_STEPS = {
-    errno.ENOSPC: "free some space",
-    errno.EDQUOT: "free some space",
-    errno.EACCES: "fix its permissions or choose another path (see --help)",
-    errno.EPERM: "fix its permissions or choose another path (see --help)",
-    errno.EROFS: "choose a path on a writable file system (see --help)",
-    errno.EEXIST: "a file stands where a folder is needed: move it or choose another path",
-    errno.ENOTDIR: "part of the path is a file, not a folder: choose another path",
-}
-
-
-def _refused(error: OSError) -> str:
-    """'No such file or directory: PATH; ...': the reason, the path, what to do next."""
-    where = f": {error.filename}" if error.filename else ""
-    if error.filename2:
-        where += f" -> {error.filename2}"
-    step = NEXT_STEPS.get(error.errno, "check the path (see --help)")
-    return f"{error.strerror or error}{where}; {step}, then run the command again"
+            raise click.ClickException(refused(error)) from None
 
 
 def _params(ctx: click.Context) -> Params:
@@ -167,15 +146,17 @@ def ingest(
     """
     settings = _params(ctx).ingest
     from pipeline import ingest as stage
+    from pipeline.ingest.summary import summary
+    from pipeline.ingest.workers import usable_cores
 
     interim = stage.run(
         raw,
         out,
         settings,
-        workers=workers or stage.usable_cores(),
+        workers=workers or usable_cores(),
         cache_path=None if no_cache else cache_path,
     )
-    click.echo(stage.summary(interim, out))
+    click.echo(summary(interim, out))
 
 
 @cli.command()
@@ -382,20 +363,12 @@ def predict(
     load_keras()
     import json
 
-    from pipeline.ingest import usable_cores
+    from pipeline.ingest.workers import usable_cores
     from pipeline.predict import predict as classify
+    from pipeline.predict import render
 
     rows = classify(model_path, processed, list(paths), params, workers or usable_cores())
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    width = max([len("file"), *(len(row["file"]) for row in rows)])
-    click.echo(f"{'file':<{width}}  {'label':<16}probability")
-    for row in rows:
-        if row["label"] is None:
-            click.echo(f"{row['file']:<{width}}  quarantined: {row['quarantined']}")
-        else:
-            click.echo(f"{row['file']:<{width}}  {row['label']:<16}{row['probability']:.3f}")
+    click.echo(json.dumps(rows, indent=2) if as_json else render(rows))
 
 
 @cli.command()

@@ -26,6 +26,11 @@ RESIZE_MODES = ("stretch", "pad", "crop")
 RESAMPLE_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 
 
+# Each color_mode (of ingest and of a view): its Pillow mode, and the channels it has.
+PIL_MODES = {"grayscale": "L", "rgb": "RGB"}
+CHANNELS = {"grayscale": 1, "rgb": 3}
+
+
 class ParamsError(ValueError):
     """A params file that cannot be used; the message is one line meant for the user."""
 

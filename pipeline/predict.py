@@ -8,10 +8,13 @@ model is refused if its label map or input shapes do not match.
 from pathlib import Path
 
 from pipeline import store
-from pipeline.cache import DecodeCache
 from pipeline.evaluate import class_indices_of, confidence_of, load_matching_model
-from pipeline.ingest import examine_all, hidden, known_not_image, settings_key, stack_pixels
-from pipeline.params import Params
+from pipeline.ingest.cache import DecodeCache
+from pipeline.ingest.decode import settings_key
+from pipeline.ingest.scan import hidden, known_not_image
+from pipeline.ingest.verdicts import stack_pixels
+from pipeline.ingest.workers import decode_in_workers
+from pipeline.params import CHANNELS, Params
 from pipeline.prepare import derive_view
 
 
@@ -34,17 +37,14 @@ def predict(
     """One row per file: its label and probability, or why it could not be read as an image."""
     from tqdm import tqdm
 
-    shapes = [
-        (*view.image_size, 1 if view.color_mode == "grayscale" else 3)
-        for view in params.prepare.views
-    ]
+    shapes = [(*view.image_size, CHANNELS[view.color_mode]) for view in params.prepare.views]
     model = load_matching_model(model_path, processed, shapes)  # refused before any decoding
     names = list(store.read_model_labels(model_path))
     files = image_files(paths)
     nothing_kept = DecodeCache(None, settings_key(params.ingest))
     # Spawned, not forked: this process runs TensorFlow's threads, and a forked child
     # inherits any lock one of them holds, held for ever.
-    decoding = examine_all(files, params.ingest, nothing_kept, workers, "spawn")
+    decoding = decode_in_workers(files, params.ingest, nothing_kept, workers, "spawn")
     progress = tqdm(decoding, total=len(files), desc="predict", unit="img", disable=None)
     results = list(progress)
     usable = [result for result in results if result.reason is None]
@@ -65,3 +65,15 @@ def predict(
         index, probability = next(predictions)
         rows.append({"file": str(file), "label": names[index], "probability": float(probability)})
     return rows
+
+
+def render(rows: list[dict]) -> str:
+    """The rows as a table: file, label, probability, or why the file was not usable."""
+    width = max([len("file"), *(len(row["file"]) for row in rows)])
+    lines = [f"{'file':<{width}}  {'label':<16}probability"]
+    for row in rows:
+        if row["label"] is None:
+            lines.append(f"{row['file']:<{width}}  quarantined: {row['quarantined']}")
+        else:
+            lines.append(f"{row['file']:<{width}}  {row['label']:<16}{row['probability']:.3f}")
+    return "\n".join(lines)

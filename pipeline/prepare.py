@@ -18,10 +18,9 @@ from tqdm import tqdm
 
 from pipeline import figures, store
 from pipeline.errors import PipelineError
-from pipeline.params import Prepare, View
+from pipeline.params import CHANNELS, PIL_MODES, Prepare, View
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # a group goes to its members' highest
-PIL_MODES = {"grayscale": "L", "rgb": "RGB"}
 
 
 # How far, in fractions of the data set, a realised split may be from the asked one
@@ -141,7 +140,7 @@ def encode_labels(indices: np.ndarray, num_classes: int, label_mode: str) -> np.
 def derive_view(images: np.ndarray, view: View) -> np.ndarray:
     """Resize and convert ingested (N, H, W, C) images into one model input."""
     height, width = view.image_size
-    channels = 1 if view.color_mode == "grayscale" else 3
+    channels = CHANNELS[view.color_mode]
     if images.shape[1:] == (height, width, channels):
         return np.asarray(images)
     converted = [

@@ -135,7 +135,7 @@ GIT_IDENTITY = {
 def new_project(root: Path) -> Path:
     """A project as a user starts one: this pipeline, dvc.yaml, fast params, tiny images."""
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__py*"))
-    for name in ["dvc.yaml", ".gitignore"]:
+    for name in ["dvc.yaml", ".gitignore", ".dvcignore"]:
         shutil.copy(REPO / name, root / name)
     write_params(root / "params.yaml", **FAST)
     make_dataset(root / "data" / "raw", per_class=16)

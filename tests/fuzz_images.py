@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.ingest import examine_bytes
+from pipeline.ingest.decode import decode_bytes
 from pipeline.params import Ingest
 
 SETTINGS = Ingest(
@@ -65,7 +65,7 @@ def mutate(data: bytes, mutations) -> bytes:
 )
 @given(seed=st.sampled_from(SEEDS), mutations=st.lists(MUTATION, min_size=1, max_size=4))
 def fuzz(seed, mutations):
-    result = examine_bytes(mutate(seed, mutations), SETTINGS)
+    result = decode_bytes(mutate(seed, mutations), SETTINGS)
     if result.reason is None:
         assert len(result.pixels) == 32 * 32 * 3
     else:

@@ -22,9 +22,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline import cache as cache_module
-from pipeline import ingest, store
+from pipeline import store
 from pipeline.cli import cli
+from pipeline.ingest import cache as cache_module
+from pipeline.ingest import decode as decoding
 from pipeline.train import device_kind
 from tests.conftest import BIN, FAST, REPO, deadline, make_dataset, write_params
 
@@ -446,8 +447,8 @@ def test_predict_refuses_a_model_for_other_input_shapes_before_decoding(
 ):
     paths, _, _ = project
     decoded = []
-    real = ingest.decode_image
-    monkeypatch.setattr(ingest, "decode_image", lambda *a: decoded.append(1) or real(*a))
+    real = decoding.decode_image
+    monkeypatch.setattr(decoding, "decode_image", lambda *a: decoded.append(1) or real(*a))
     other = write_params(
         tmp_path / "params.yaml",
         ingest={"image_size": [48, 48]},
@@ -559,7 +560,7 @@ def test_predict_on_a_named_pipe_says_so_and_never_opens_it(project, tmp_path):
         result = invoke("--params", paths["params"], "predict", paths["model"], pipe, image,
                         "--processed", paths["processed"])  # fmt: skip
     lines = result.output.splitlines()
-    assert f"{pipe}  quarantined: {ingest.NOT_REGULAR}" in lines[1]
+    assert f"{pipe}  quarantined: {decoding.NOT_REGULAR}" in lines[1]
     assert "dark" in lines[2]
 
 

@@ -21,8 +21,12 @@ import pytest
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from pipeline import ingest, store
-from pipeline.cache import DecodeCache
 from pipeline.errors import PipelineError
+from pipeline.ingest import decode as decoding
+from pipeline.ingest import scan as scanning
+from pipeline.ingest import summary as summaries
+from pipeline.ingest import workers as pool
+from pipeline.ingest.cache import DecodeCache
 from pipeline.params import Ingest
 from tests.conftest import (
     BIN,
@@ -50,7 +54,7 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 
 
 def decode(data: bytes, ingest_settings: Ingest = GRAY) -> np.ndarray:
-    return ingest.decode_image(data, ingest_settings)[0]
+    return decoding.decode_image(data, ingest_settings)[0]
 
 
 # --- decoding -----------------------------------------------------------------------
@@ -66,7 +70,7 @@ def test_every_mode_pillow_reads_becomes_uint8_at_the_configured_size(
     fmt, mode, ingest_settings, shape
 ):
     data = image_bytes(128, "x", fmt=fmt, mode=mode)
-    pixels, facts = ingest.decode_image(data, ingest_settings)
+    pixels, facts = decoding.decode_image(data, ingest_settings)
     assert pixels.shape == shape and pixels.dtype == np.uint8
     assert facts[:3] == (40, 30, fmt)
     assert 60 < pixels.mean() < 200  # the noisy mid-grey survived conversion
@@ -115,7 +119,7 @@ def test_float_samples_in_0_1_or_0_255_are_scaled_by_that_range(top):
 )
 def test_samples_with_no_known_scale_are_quarantined_not_clipped(mode, samples, reason):
     data = encode(Image.fromarray(samples.reshape(16, 16), mode), "TIFF")
-    assert reason in ingest.examine_bytes(data, GRAY).reason
+    assert reason in decoding.decode_bytes(data, GRAY).reason
 
 
 def test_a_png_with_a_text_chunk_too_large_for_pillow_is_accepted():
@@ -124,7 +128,7 @@ def test_a_png_with_a_text_chunk_too_large_for_pillow_is_accepted():
     image = Image.new("RGB", (40, 30), (200, 10, 10))
     with pytest.raises(ValueError, match="MAX_TEXT_CHUNK"):
         Image.open(io.BytesIO(encode(image, "PNG", pnginfo=info))).load()
-    result = ingest.examine_bytes(encode(image, "PNG", pnginfo=info), RGB)
+    result = decoding.decode_bytes(encode(image, "PNG", pnginfo=info), RGB)
     assert result.reason is None
     assert np.frombuffer(result.pixels, np.uint8).reshape(24, 40, 3)[0, 0].tolist() == [200, 10, 10]
 
@@ -201,9 +205,9 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 def test_decompression_bombs_are_refused_before_any_pixel_is_decoded():
     # The pixel data is broken: a decode attempt would fail with another reason.
-    result = ingest.examine_bytes(_png_claiming(4000, 3000), settings(max_pixels=10_000_000))
+    result = decoding.decode_bytes(_png_claiming(4000, 3000), settings(max_pixels=10_000_000))
     assert "decompression bomb: 4000x3000" in result.reason
-    assert "exceeds limit" in ingest.examine_bytes(_png_claiming(60000, 60000), GRAY).reason
+    assert "exceeds limit" in decoding.decode_bytes(_png_claiming(60000, 60000), GRAY).reason
 
 
 def test_pillow_warnings_never_escape_as_errors():
@@ -282,7 +286,7 @@ def messy(tmp_path):
     return raw, {verdict: set(files) for verdict, files in expected.items()}
 
 
-def verdicts_of(interim: store.Interim, found: ingest.Scan) -> dict[str, set[str]]:
+def verdicts_of(interim: store.Interim, found: scanning.Scan) -> dict[str, set[str]]:
     return {
         "accepted": {row.path for row in interim.manifest},
         "quarantined": {row.path for row in interim.quarantine},
@@ -295,14 +299,14 @@ def verdicts_of(interim: store.Interim, found: ingest.Scan) -> dict[str, set[str
 def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
     raw, expected = messy
     interim = ingest.ingest(raw, GRAY)
-    assert verdicts_of(interim, ingest.scan(raw)) == expected
+    assert verdicts_of(interim, scanning.scan(raw)) == expected
 
     reasons = {row.path: row.reason for row in interim.quarantine}
     assert reasons["cats/empty.png"] == "empty file (0 bytes)"
     assert "truncated" in reasons["cats/truncated.jpg"].lower()
     assert "cannot identify image file" in reasons["dogs/text.jpg"]
-    assert reasons["cats/iphone.HEIC"] == ingest.HEIF  # says what it is and what to do
-    assert reasons["caf\\xe9/deep/x.png"] == ingest.NOT_UTF8
+    assert reasons["cats/iphone.HEIC"] == decoding.HEIF  # says what it is and what to do
+    assert reasons["caf\\xe9/deep/x.png"] == scanning.NOT_UTF8
     assert "exceeds limit" in reasons["dogs/bomb.png"]
     assert reasons["dogs/link-out.png"] == "link resolves outside the raw data folder"
     assert reasons["cats/folder-out"] == "link resolves outside the raw data folder"
@@ -326,10 +330,10 @@ def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
 def test_a_named_pipe_is_quarantined_never_read(tmp_path):  # reading it waits for ever
     raw = make_dataset(tmp_path / "raw", per_class=2)
     os.mkfifo(raw / "mid" / "pipe.png")
-    assert "mid/pipe.png" not in {candidate.path for candidate in ingest.scan(raw).candidates}
+    assert "mid/pipe.png" not in {candidate.path for candidate in scanning.scan(raw).candidates}
     interim = ingest.ingest(raw, GRAY)
     assert {row.path: row.reason for row in interim.quarantine} == {
-        "mid/pipe.png": ingest.NOT_REGULAR
+        "mid/pipe.png": decoding.NOT_REGULAR
     }
 
 
@@ -347,7 +351,7 @@ def test_a_file_larger_than_the_memory_allowed_is_quarantined(tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     quarantined = (tmp_path / "out" / "quarantine.csv").read_text().splitlines()[1:]
-    assert quarantined == [f"mid/huge.png,{ingest.TOO_LARGE}"]
+    assert quarantined == [f"mid/huge.png,{decoding.TOO_LARGE}"]
 
 
 def test_the_report_counts_verdicts_per_class_and_warns_about_an_empty_class(messy, tmp_path):
@@ -360,7 +364,7 @@ def test_the_report_counts_verdicts_per_class_and_warns_about_an_empty_class(mes
     assert interim.report["classes"]["cats"]["accepted"] == 5
     assert "__MACOSX" not in interim.report["classes"]  # a Mac zip's resource forks
     assert store.read_interim(tmp_path / "out").report == interim.report
-    text = ingest.summary(interim, tmp_path / "out")
+    text = summaries.summary(interim, tmp_path / "out")
     assert "warning: class folder 'birds' has no usable image; it is not a class" in text
     assert "2 classes" in text and len(text.splitlines()) < 25
 
@@ -400,7 +404,7 @@ def test_output_is_byte_identical_for_any_worker_count_and_listing_order(
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(ingest.os, "scandir", Reversed)
+    monkeypatch.setattr(scanning.os, "scandir", Reversed)
     ingest.run(raw, tmp_path / "reversed", GRAY, workers=2)
     serial = written(tmp_path / "serial")
     assert serial == written(tmp_path / "parallel") == written(tmp_path / "reversed")
@@ -415,7 +419,7 @@ def test_a_file_that_kills_its_decoding_process_is_quarantined_and_the_run_goes_
     ingest.run(raw, tmp_path / "without", GRAY, workers=2)
     deadly = image_bytes(128, "deadly")
     write(raw / "mid" / "005b.png", deadly)  # in the middle: other files are in flight
-    real = ingest.decode_image
+    real = decoding.decode_image
 
     def dying_on_it(data, ingest_settings):  # the workers are forked: they inherit this
         if data == deadly:
@@ -423,7 +427,7 @@ def test_a_file_that_kills_its_decoding_process_is_quarantined_and_the_run_goes_
             os.kill(os.getpid(), death)
         return real(data, ingest_settings)
 
-    monkeypatch.setattr(ingest, "decode_image", dying_on_it)
+    monkeypatch.setattr(decoding, "decode_image", dying_on_it)
     with deadline(60, "ingest hung after a decoding process died"):
         interim = ingest.run(raw, tmp_path / "with", GRAY, workers=2)
     (row,) = interim.quarantine
@@ -442,14 +446,14 @@ def test_a_file_slower_to_decode_than_the_limit_is_quarantined_and_the_run_goes_
     ingest.run(raw, tmp_path / "without", quick, workers=workers)
     slow = image_bytes(128, "slow")
     write(raw / "mid" / "005b.png", slow)
-    real = ingest.decode_image
+    real = decoding.decode_image
 
     def stuck_on_it(data, ingest_settings):  # the workers are forked: they inherit this
         if data == slow:
             time.sleep(600)  # as a crafted progressive JPEG decodes: without end in sight
         return real(data, ingest_settings)
 
-    monkeypatch.setattr(ingest, "decode_image", stuck_on_it)
+    monkeypatch.setattr(decoding, "decode_image", stuck_on_it)
     started = time.monotonic()
     interim = ingest.run(raw, tmp_path / "with", quick, workers=workers)
     assert time.monotonic() - started < 30
@@ -465,11 +469,11 @@ def test_a_file_slower_to_decode_than_the_limit_is_quarantined_and_the_run_goes_
 SLOW_DECODING = """
 import sys, time
 from pathlib import Path
-from pipeline import ingest
-from pipeline.cache import DecodeCache
+from pipeline.ingest import decode, workers
+from pipeline.ingest.cache import DecodeCache
 from pipeline.params import load_params
 
-real = ingest.decode_image
+real = decode.decode_image
 
 
 def slow(data, settings):
@@ -477,11 +481,11 @@ def slow(data, settings):
     return real(data, settings)
 
 
-ingest.decode_image = slow
+decode.decode_image = slow
 if __name__ == "__main__":
     settings = load_params(Path(sys.argv[2])).ingest
     paths = sorted(Path(sys.argv[1]).rglob("*.png"))
-    for _ in ingest.examine_all(paths, settings, DecodeCache(None, ""), 2, sys.argv[3]):
+    for _ in workers.decode_in_workers(paths, settings, DecodeCache(None, ""), 2, sys.argv[3]):
         print("decoded", flush=True)
 """
 
@@ -536,7 +540,7 @@ def test_an_interrupted_run_stops_decoding_the_files_already_queued(tmp_path, mo
     raw = make_dataset(tmp_path / "raw", per_class=134)  # 402 files: chunks of 50
     paths = sorted(raw.rglob("*.png"))
     log = tmp_path / "decoded.log"
-    real = ingest.decode_image
+    real = decoding.decode_image
 
     def slow_and_logged(data, ingest_settings):  # the workers are forked: they inherit this
         with open(log, "a") as file:
@@ -544,10 +548,10 @@ def test_an_interrupted_run_stops_decoding_the_files_already_queued(tmp_path, mo
         time.sleep(0.01)  # as a large photo takes: chunks outlast the parent's reaction
         return real(data, ingest_settings)
 
-    monkeypatch.setattr(ingest, "decode_image", slow_and_logged)
-    decoding = ingest.examine_all(paths, GRAY, DecodeCache(None, ""), workers=2)
-    next(decoding)
-    decoding.close()  # what a Ctrl-C does to it
+    monkeypatch.setattr(decoding, "decode_image", slow_and_logged)
+    results = pool.decode_in_workers(paths, GRAY, DecodeCache(None, ""), workers=2)
+    next(results)
+    results.close()  # what a Ctrl-C does to it
     for _ in range(600):  # until the workers have exited
         if not multiprocessing.active_children():
             break
@@ -562,14 +566,14 @@ def counted_decodes(monkeypatch, tmp_path):
     """Record each decode_image call: the workers are forked, so they inherit the stand-in,
     which appends the hash to a log file (one write, whole, per call)."""
     log = DecodeLog(tmp_path / "decodes.log")
-    real = ingest.decode_image
+    real = decoding.decode_image
 
     def counting(data, ingest_settings):
         with log.path.open("a") as file:
             file.write(hashlib.sha256(data).hexdigest() + "\n")
         return real(data, ingest_settings)
 
-    monkeypatch.setattr(ingest, "decode_image", counting)
+    monkeypatch.setattr(decoding, "decode_image", counting)
     return log
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from pipeline import store
 from pipeline.errors import NotOurs
+from pipeline.ingest.decode import Decoded
 
 # `decoded` held the results with pixels before the other columns, `kept` the kept
 # rows' hashes without their facts; caches made then are dropped rather than read.
@@ -84,19 +85,6 @@ def _tables(path: Path) -> set[str]:
             return {name for (name,) in database.execute(query)}
     except sqlite3.DatabaseError:
         return set()
-
-
-class Decoded(NamedTuple):
-    """What decoding one file gave: pixels and source facts, or the reason it failed."""
-
-    sha256: str
-    # (H, W, C) uint8 in C order: bytes, or a row of the kept array; None when rejected
-    pixels: bytes | np.ndarray | None
-    width: int = 0  # as stored in the file, before orientation and resizing
-    height: int = 0
-    format: str = ""
-    mode: str = ""
-    reason: str | None = None  # why the file was quarantined
 
 
 def is_damaged(error: sqlite3.DatabaseError) -> bool:
