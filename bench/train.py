@@ -149,13 +149,13 @@ def in_memory(processed: Path, settings: dict) -> list[float]:
     import keras
     import numpy as np
 
-    from pipeline.models import INPUTS, build_model, compile_model
+    from pipeline.models import MODELS, build_model, compile_model
     from pipeline.train import device_kind, dtype_policy
 
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy(dtype_policy(settings["mixed_precision"], device_kind()))
     split = store.read_split(processed, "train")
-    views = [np.asarray(view) for view in split.views[: INPUTS[settings["model"]]]]
+    views = [np.asarray(view) for view in split.views[: MODELS[settings["model"]].inputs]]
     labels = np.asarray(split.labels)
     units = labels.shape[1]
     model = build_model(settings["model"], [view.shape[1:] for view in views], units)

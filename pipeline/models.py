@@ -5,14 +5,22 @@ stored data stays uint8 and prediction can never skip the scaling. The output
 layer follows the labels: one sigmoid unit for a 0/1 column, softmax over a
 one-hot encoding otherwise. Augmentation layers, when params ask for them, come
 right after the scaling; Keras runs them in training only.
+
+MODELS, at the end, is the one table of models: params validation, the tests
+and the README's model table all derive from it. Keras is imported inside the
+builders, so that reading the table (params does, for `imgpipe --help` and
+ingest too) never loads a backend.
 """
 
-import keras
-from keras import layers
+from __future__ import annotations
 
-from pipeline.params import Augment
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
-INPUTS = {"sequential": 1, "functional": 1, "shared_input": 1, "multi_input": 2}
+if TYPE_CHECKING:
+    import keras
+
+    from pipeline.params import Augment
 
 
 def build_model(
@@ -22,17 +30,13 @@ def build_model(
     augment: Augment | None = None,
 ) -> keras.Model:
     """Build (uncompiled) the model `name` for (H, W, C) uint8 inputs and `units` outputs."""
-    builders = {
-        "sequential": _sequential,
-        "functional": _functional,
-        "shared_input": _shared_input,
-        "multi_input": _multi_input,
-    }
-    shapes = input_shapes[: INPUTS[name]]
-    return builders[name](*shapes, units=units, augment=augment)
+    model = MODELS[name]
+    return model.build(*input_shapes[: model.inputs], units=units, augment=augment)
 
 
-def _augmentation(augment: Augment | None) -> list[layers.Layer]:
+def _augmentation(augment: Augment | None) -> list[keras.layers.Layer]:
+    from keras import layers
+
     if augment is None:
         return []
     chosen = []
@@ -46,19 +50,26 @@ def _augmentation(augment: Augment | None) -> list[layers.Layer]:
 
 
 def _scaled(inputs, augment: Augment | None):
+    from keras import layers
+
     x = layers.Rescaling(1 / 255)(inputs)
     for layer in _augmentation(augment):
         x = layer(x)
     return x
 
 
-def _output(units: int) -> layers.Dense:
+def _output(units: int) -> keras.layers.Dense:
+    from keras import layers
+
     # float32 even under mixed precision: softmax and the loss need its range.
     activation = "sigmoid" if units == 1 else "softmax"
     return layers.Dense(units, activation=activation, dtype="float32", name="output")
 
 
 def _sequential(input_shape, units, augment) -> keras.Model:
+    import keras
+    from keras import layers
+
     return keras.Sequential(
         [
             keras.Input(shape=input_shape, dtype="uint8"),
@@ -77,6 +88,9 @@ def _sequential(input_shape, units, augment) -> keras.Model:
 
 
 def _functional(input_shape, units, augment) -> keras.Model:
+    import keras
+    from keras import layers
+
     inputs = keras.Input(shape=input_shape, dtype="uint8")
     x = _scaled(inputs, augment)
     x = layers.Conv2D(32, 4, activation="relu")(x)
@@ -90,6 +104,9 @@ def _functional(input_shape, units, augment) -> keras.Model:
 
 def _shared_input(input_shape, units, augment) -> keras.Model:
     """Two branches with different kernel sizes read the same input."""
+    import keras
+    from keras import layers
+
     inputs = keras.Input(shape=input_shape, dtype="uint8")
     scaled = _scaled(inputs, augment)
     branches = []
@@ -107,6 +124,9 @@ def _multi_input(gray_shape, colour_shape, units, augment) -> keras.Model:
 
     Each view is augmented on its own draw, so a flip may differ between them.
     """
+    import keras
+    from keras import layers
+
     inputs = [keras.Input(shape=shape, dtype="uint8") for shape in (gray_shape, colour_shape)]
     branches = []
     for view in inputs:
@@ -124,12 +144,15 @@ def _multi_input(gray_shape, colour_shape, units, augment) -> keras.Model:
 
 def loss_for(units: int) -> str:
     """The training loss: binary cross-entropy for one sigmoid unit, else categorical."""
+
     return "binary_crossentropy" if units == 1 else "categorical_crossentropy"
 
 
 def compile_model(
     model: keras.Model, units: int, learning_rate: float, steps_per_execution: int = 1
 ) -> None:
+    import keras
+
     if units == 1:
         accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
     else:
@@ -140,3 +163,35 @@ def compile_model(
         metrics=[accuracy],
         steps_per_execution=steps_per_execution,
     )
+
+
+class Model(NamedTuple):
+    """A registered model: what builds it, how many views it reads, its body (README's)."""
+
+    build: Callable[..., keras.Model]
+    inputs: int
+    body: str
+
+
+MODELS = {
+    "sequential": Model(
+        _sequential,
+        1,
+        "Conv2D(32,3)→MaxPool(2)→Conv2D(32,3)→MaxPool(2)→Flatten→Dense(128)→out",
+    ),
+    "functional": Model(
+        _functional, 1, "Conv2D(32,4)→MaxPool→Conv2D(16,4)→MaxPool→Flatten→Dense(10)→out"
+    ),
+    "shared_input": Model(
+        _shared_input,
+        1,
+        "two branches on one input, Conv2D(32,4) and Conv2D(16,8), each →MaxPool→Flatten, "
+        "concatenated→Dense(10)→out",
+    ),
+    "multi_input": Model(
+        _multi_input,
+        2,
+        "two views of each image (64×64 gray and 32×32 colour by default), each "
+        "Conv2D(32,4)→MaxPool→Conv2D(16,4)→MaxPool→Flatten, concatenated→Dense(10)→Dense(10)→out",
+    ),
+}

@@ -21,7 +21,9 @@ from pydantic import (
     model_validator,
 )
 
-MODEL_NAMES = ("sequential", "functional", "shared_input", "multi_input")
+from pipeline.models import MODELS
+
+MODEL_NAMES = tuple(MODELS)
 RESIZE_MODES = ("stretch", "pad", "crop")
 RESAMPLE_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 
@@ -87,7 +89,7 @@ class Prepare(_Section):
     views: tuple[View, ...] = Field(
         strict=False,
         min_length=1,
-        max_length=2,
+        max_length=max(model.inputs for model in MODELS.values()),
         description="a list of one view, or two for multi_input, each {image_size, color_mode}",
     )
 
@@ -159,12 +161,13 @@ class Params(_Section):
                     f"prepare.views[{index}].color_mode = 'rgb' cannot be derived from "
                     "grayscale images; allowed: grayscale, or set ingest.color_mode: rgb"
                 )
-        wanted = 2 if self.train.model == "multi_input" else 1
+        wanted = MODELS[self.train.model].inputs
         if len(self.prepare.views) < wanted:
             raise ValueError(
                 f"train.model = '{self.train.model}' needs {wanted} prepare.views, "
                 f"found {len(self.prepare.views)}; add a view such as "
-                "{image_size: [32, 32], color_mode: rgb}"
+                "{image_size: [32, 32], color_mode: rgb} (a colour view also needs "
+                "ingest.color_mode: rgb)"
             )
         return self
 

@@ -4,22 +4,25 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.models import INPUTS, build_model, compile_model
+from pipeline.models import MODELS, build_model, compile_model
 from pipeline.params import Augment
+from tests.conftest import REPO
 
 GRAY, COLOUR = (64, 48, 1), (32, 32, 3)
 
 
-@pytest.mark.parametrize("name", list(INPUTS))
+@pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("units", [1, 3])
 def test_models_build_scale_their_input_and_fit_the_labels(name, units):
     model = build_model(name, [GRAY, COLOUR], units)
     assert model.name == name
-    assert len(model.inputs) == INPUTS[name]
+    assert len(model.inputs) == MODELS[name].inputs
     assert model.output_shape == (None, units)
     assert any(isinstance(layer, keras.layers.Flatten) for layer in model.layers)
     # uint8 in, probabilities out: the scaling is inside the model.
-    pixels = [np.full((2, *shape), 255, np.uint8) for shape in (GRAY, COLOUR)[: INPUTS[name]]]
+    pixels = [
+        np.full((2, *shape), 255, np.uint8) for shape in (GRAY, COLOUR)[: MODELS[name].inputs]
+    ]
     probabilities = np.asarray(model(pixels[0] if len(pixels) == 1 else pixels))
     assert np.all((probabilities >= 0) & (probabilities <= 1))
     if units > 1:
@@ -69,3 +72,12 @@ def test_augmentation_changes_images_in_training_only():
         "functional", [(32, 32, 1)], 3, Augment(horizontal_flip=False, zoom=0, shift=0)
     )
     assert not any("Random" in type(layer).__name__ for layer in plain.layers)
+
+
+def test_the_readme_model_table_is_the_registry():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("| `train.model` | body |") :].split("\n\n")[0].splitlines()[2:]
+    rows = [line.strip("|").split(" | ") for line in table]
+    assert [(name.strip().strip("`"), body.strip()) for name, body in rows] == [
+        (name, model.body) for name, model in MODELS.items()
+    ]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import store
+from pipeline.models import MODELS
 from pipeline.params import EarlyStopping, Params
 from pipeline.train import Batches, dtype_policy, train
 from tests.conftest import REPO, default_params
@@ -159,7 +160,7 @@ def test_mixed_precision_and_several_steps_per_execution_train(tmp_path):
     assert model.steps_per_execution == 3
 
 
-@pytest.mark.parametrize("model", ["sequential", "functional", "shared_input", "multi_input"])
+@pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("classes", [2, 3])
 def test_every_model_trains_an_epoch_on_tiny_data(tmp_path, model, classes):
     rng = np.random.default_rng(classes)
@@ -183,7 +184,7 @@ def test_every_model_trains_an_epoch_on_tiny_data(tmp_path, model, classes):
                     Params.model_validate(raw), [epochs])  # fmt: skip
     assert epochs.count == 1
     assert trained.output_shape == (None, 1 if classes == 2 else classes)
-    assert len(trained.inputs) == (2 if model == "multi_input" else 1)
+    assert len(trained.inputs) == MODELS[model].inputs
 
 
 @pytest.mark.slow
