@@ -6,9 +6,9 @@ import keras
 import numpy as np
 
 from pipeline import figures, store
+from pipeline.batches import Batches
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import loss_for
-from pipeline.train import Batches
 
 GALLERY_SIZE = 16  # the most confidently wrong test images drawn in errors.png
 OUTPUTS = ("predictions.csv", "roc.csv", "precision_recall.csv", "errors.png", "metrics.json")

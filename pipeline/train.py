@@ -6,7 +6,6 @@ arrays as training goes, so a data set larger than memory trains too.
 """
 
 import contextlib
-import math
 import sys
 import tempfile
 import time
@@ -15,69 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
-import numpy as np
 
 from pipeline import distribute, figures, store
+from pipeline.batches import Batches
 from pipeline.models import build_model, compile_model
 from pipeline.params import Params
 
-if TYPE_CHECKING:  # imported where it is used: evaluate and predict import Batches from here
+if TYPE_CHECKING:  # imported where it is used
     from dvclive import Live
-
-
-class Batches(keras.utils.PyDataset):
-    """Batches of one split: one pass in order, or, with a seed, training batches for ever.
-
-    With a seed, index i is batch i % len(self) of epoch i // len(self), each epoch
-    in its own order drawn from the seed, and there is no last batch: model.fit, given
-    steps_per_epoch=len(batches), then keeps one iterator for the whole run. For a
-    finite PyDataset Keras sets up a new one every epoch, which put a 9-step epoch
-    10-40% over a constant batch (README, "Training, measured").
-
-    With `shard` = (i, n), this process's rows i, i + n, ... of each global batch,
-    and only whole global batches, so that n processes take the same steps.
-    """
-
-    def __init__(
-        self,
-        split: store.Split,
-        inputs: int,
-        batch_size: int,
-        seed: int | None = None,
-        shard: tuple[int, int] = (0, 1),
-    ):
-        super().__init__()
-        self.views, self.labels = split.views[:inputs], split.labels
-        self.batch_size, self.seed, self.shard = batch_size, seed, shard
-        self._epoch_order = (0, self._order(0))  # one tuple: a consistent pair in any thread
-
-    def _order(self, epoch: int) -> np.ndarray:
-        count = len(self.labels)
-        if self.seed is None:
-            return np.arange(count)
-        return np.random.default_rng([self.seed, epoch]).permutation(count)
-
-    def __len__(self) -> int:  # batches in one epoch
-        if self.shard[1] > 1:
-            return len(self.labels) // self.batch_size
-        return math.ceil(len(self.labels) / self.batch_size)
-
-    @property
-    def num_batches(self) -> int | None:
-        return None if self.seed is not None else len(self)  # None: endless, for Keras
-
-    def __getitem__(self, index: int):
-        epoch, index = divmod(index, len(self))
-        known, order = self._epoch_order
-        if epoch != known:
-            order = self._order(epoch)
-            self._epoch_order = (epoch, order)
-        # Sorted, so a batch reads the memory map front to back; order within a batch
-        # does not change the gradient.
-        chosen = np.sort(order[index * self.batch_size : (index + 1) * self.batch_size])
-        chosen = chosen[self.shard[0] :: self.shard[1]]
-        pixels = [view[chosen] for view in self.views]
-        return (pixels[0] if len(pixels) == 1 else tuple(pixels)), self.labels[chosen]
 
 
 class LiveLogger(keras.callbacks.Callback):

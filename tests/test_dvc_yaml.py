@@ -1,5 +1,9 @@
-"""dvc.yaml and the code agree: paths, file names and params keys."""
+"""dvc.yaml and the code agree: paths, file names, params keys and the code each stage runs."""
 
+import ast
+from pathlib import Path
+
+import pytest
 import yaml
 
 from pipeline import cli, evaluate, store
@@ -82,3 +86,62 @@ def test_listed_params_exist_and_cover_each_stages_section():
             section_model = Params.model_fields[name].annotation
             listed = {k.split(".")[1] for k in stage["params"] if k.startswith(f"{name}.")}
             assert listed == set(section_model.model_fields), name
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    """The pipeline modules a piece of code imports (`import pipeline.x`, `from pipeline
+    import x`, `from pipeline.x import y`), each with the packages above it."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            found |= {
+                ".".join(parts[:i]) for i in range(2, len(parts) + 1) if parts[0] == "pipeline"
+            }
+    return {name for name in found if _file(name) is not None}
+
+
+def _file(module: str) -> Path | None:
+    """pipeline.x -> pipeline/x.py or pipeline/x/__init__.py (None for a name in a module)."""
+    path = REPO.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _closure(stage: str) -> set[str]:
+    """Every file under pipeline/ that `imgpipe <stage>` can run: cli.py's module-level
+    imports, those inside the stage's command, and everything they import, anywhere."""
+    tree = ast.parse((REPO / "pipeline" / "cli.py").read_text())
+    command = cli.cli.commands[stage].callback.__name__
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == command)
+    module_level = ast.Module([n for n in tree.body if not isinstance(n, ast.FunctionDef)], [])
+    todo, seen = _imports(module_level) | _imports(function), {"pipeline.cli"}
+    while todo:
+        module = todo.pop()
+        seen.add(module)
+        todo |= _imports(ast.parse(_file(module).read_text())) - seen
+    return {_file(module).relative_to(REPO).as_posix() for module in seen}
+
+
+def test_pipeline_init_holds_no_code_so_no_stage_depends_on_it():
+    (statement,) = ast.parse((REPO / "pipeline" / "__init__.py").read_text()).body
+    assert isinstance(statement, ast.Expr)  # its docstring
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_each_stage_depends_on_exactly_the_code_its_command_can_run(stage):
+    # A change to an unlisted module did not re-run the stage that uses it.
+    listed = [dep for dep in STAGES[stage]["deps"] if dep.startswith("pipeline/")]
+    ran = _closure(stage) - {"pipeline/__init__.py"}
+    covered = {path for path in ran if any(path == d or path.startswith(f"{d}/") for d in listed)}
+    assert sorted(ran - covered) == [], "run but not in deps"
+    unused = [d for d in listed if not any(p == d or p.startswith(f"{d}/") for p in ran)]
+    assert unused == [], "in deps but never run"

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from pipeline import store
+from pipeline.batches import Batches
 from pipeline.models import MODELS
 from pipeline.params import EarlyStopping, Params
-from pipeline.train import Batches, dtype_policy, train
+from pipeline.train import dtype_policy, train
 from tests.conftest import REPO, default_params
 
 
