@@ -684,6 +684,30 @@ def test_a_damaged_cache_is_set_aside_with_a_warning_and_the_run_goes_on(
     assert written(tmp_path / "again") == written(tmp_path / "scratch")
 
 
+def test_setting_a_damaged_cache_aside_never_replaces_a_file_already_there(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    cache = tmp_path / "cache.sqlite"
+    ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
+    with cache.open("r+b") as file:  # torn pages behind an intact header
+        file.seek(100)
+        file.write(b"\xff" * (cache.stat().st_size - 100))
+    damaged = cache.read_bytes()
+    earlier = cache.with_name("cache.sqlite.damaged")
+    earlier.write_bytes(b"set aside by an earlier run, or the user's")
+    ingest.run(raw, tmp_path / "out", GRAY, cache_path=cache)
+    assert earlier.read_bytes() == b"set aside by an earlier run, or the user's"
+    assert cache.with_name("cache.sqlite.damaged.1").read_bytes() == damaged
+
+
+def test_the_kept_array_never_goes_over_a_file_the_cache_did_not_put_there(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    cache = tmp_path / "cache.sqlite"
+    theirs = cache.with_suffix(".images.npy")  # where the cache keeps its array
+    theirs.write_bytes(b"someone else's file")
+    ingest.run(raw, tmp_path / "out", GRAY, cache_path=cache)
+    assert theirs.read_bytes() == b"someone else's file"
+
+
 def test_a_cache_that_cannot_be_opened_stops_the_run_with_what_to_do(tmp_path):
     # Busy past the timeout, read-only or full are the same kind of SQLite error; a
     # folder in the cache's place gives it on any machine, even to root.

@@ -79,7 +79,7 @@ def _decode_in_own_process(path: Path, state: tuple, answer) -> None:
 
 
 def _decode_alone(path: Path, state: tuple, context) -> Decoded:
-    """Examine one file in a process of its own, so that if it kills the process, or takes
+    """Decode one file in a process of its own, so that if it kills the process, or takes
     longer than the limit, the verdict is on that file alone."""
     import signal  # only a run whose decoding killed a process pays for importing it
 
@@ -139,7 +139,7 @@ def decode_in_workers(
     Always in worker processes, never in this one, whatever their number: so a file
     that kills its worker (a crash in a C decoder, the out-of-memory killer) or decodes
     for longer than ingest.decode_seconds costs that worker, not the run. The files the
-    workers held are then examined again one process each, and the others anew: the
+    workers held are then decoded again one process each, and the others anew: the
     culprit is quarantined and the run goes on (multiprocessing.Pool would hang). A
     worker ends with this process, however it ends."""
     if not paths:
@@ -153,7 +153,7 @@ def decode_in_workers(
     context = multiprocessing.get_context(start_method)
     workers = min(workers, len(paths))
     state = (settings, cache.path, cache.settings_key, os.getpid())
-    settled: dict[int, Decoded] = {}  # files examined alone after a worker died
+    settled: dict[int, Decoded] = {}  # files decoded alone after a worker died
     done = 0  # results yielded
     while done < len(paths):
         todo = [index for index in range(done, len(paths)) if index not in settled]
