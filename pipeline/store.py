@@ -105,6 +105,10 @@ class Interim:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
+    """One split's model inputs and labels. Consumers rely only on what an array-like
+    reader gives (len, .shape, .dtype, indexing by a sorted array of row numbers,
+    np.asarray), never on the files behind it, which read_split and write_split know."""
+
     views: list[np.ndarray]  # one (N, H, W, C) uint8 array per prepare.views entry
     labels: np.ndarray  # (N, 1) 0/1 for binary labels, else (N, K) one-hot; float32
 
@@ -152,9 +156,7 @@ def write_processed(folder: Path, processed: Processed) -> None:
     arrays = [path.name for path in folder.glob("*.npy")]  # views may be fewer than last time
     clear_outputs(folder, [*arrays, "labels.json", "splits.csv"])
     for name, split in processed.splits.items():
-        for index, view in enumerate(split.views):
-            save_array(folder / f"{name}_view{index}.npy", view)
-        save_array(folder / f"{name}_labels.npy", split.labels)
+        write_split(folder, name, split)
     write_json(folder / "labels.json", processed.class_indices)
     _write_rows(folder / "splits.csv", SplitRow, processed.rows)  # last: complete when present
 
@@ -195,6 +197,13 @@ def clear_outputs(folder: Path, names) -> None:
         (folder / name).unlink(missing_ok=True)
     for leftover in folder.glob(".*.partial*"):
         leftover.unlink()
+
+
+def write_split(folder: Path, name: str, split: Split) -> None:
+    """One split's arrays, as read_split reads them (write_processed writes every split)."""
+    for index, view in enumerate(split.views):
+        save_array(folder / f"{name}_view{index}.npy", view)
+    save_array(folder / f"{name}_labels.npy", split.labels)
 
 
 def read_split(folder: Path, name: str) -> Split:

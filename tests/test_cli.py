@@ -307,8 +307,9 @@ def test_evaluate_refuses_a_model_whose_input_shape_differs(project, tmp_path):
     paths, _, _ = project
     processed = tmp_path / "processed"
     shutil.copytree(paths["processed"], processed)
+    other_size = store.Split([np.zeros((3, 40, 40, 1), np.uint8)], np.eye(3, dtype=np.float32))
     for split in store.SPLITS:
-        store.save_array(processed / f"{split}_view0.npy", np.zeros((3, 40, 40, 1), np.uint8))
+        store.write_split(processed, split, other_size)
     result = invoke("--params", paths["params"], "evaluate", "--model", paths["model"],
                     "--processed", processed, "--out", tmp_path / "out")  # fmt: skip
     assert result.exit_code == 1

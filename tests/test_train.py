@@ -17,12 +17,11 @@ from tests.conftest import REPO, default_params
 
 
 def _split(tmp_path, count=10, views=1) -> store.Split:
-    for index in range(views):
-        pixels = np.arange(count, dtype=np.uint8).reshape(count, 1, 1, 1) * np.ones(
-            (1, 4, 4, 1), np.uint8
-        )
-        store.save_array(tmp_path / f"train_view{index}.npy", pixels)
-    store.save_array(tmp_path / "train_labels.npy", np.arange(count, dtype=np.float32)[:, None])
+    pixels = np.arange(count, dtype=np.uint8).reshape(count, 1, 1, 1) * np.ones(
+        (1, 4, 4, 1), np.uint8
+    )
+    labels = np.arange(count, dtype=np.float32)[:, None]
+    store.write_split(tmp_path, "train", store.Split([pixels] * views, labels))
     return store.read_split(tmp_path, "train")
 
 
@@ -79,12 +78,9 @@ def _noise(tmp_path, train_count: int, val_count: int) -> None:
     """Random 16x16 gray train and val images with 0/1 labels unrelated to the pixels."""
     rng = np.random.default_rng(0)
     for split, count in [("train", train_count), ("val", val_count)]:
-        store.save_array(
-            tmp_path / f"{split}_view0.npy", rng.integers(0, 256, (count, 16, 16, 1), np.uint8)
-        )
-        store.save_array(
-            tmp_path / f"{split}_labels.npy", rng.integers(0, 2, (count, 1)).astype(np.float32)
-        )
+        pixels = rng.integers(0, 256, (count, 16, 16, 1), np.uint8)
+        labels = rng.integers(0, 2, (count, 1)).astype(np.float32)
+        store.write_split(tmp_path, split, store.Split([pixels], labels))
 
 
 def test_fit_takes_every_epoch_from_one_endless_run_of_batches(tmp_path, monkeypatch):
@@ -143,10 +139,8 @@ def test_mixed_precision_and_several_steps_per_execution_train(tmp_path):
     rng = np.random.default_rng(1)
     for split, count in [("train", 24), ("val", 8)]:
         pixels = rng.integers(0, 256, (count, 16, 16, 1), np.uint8)
-        store.save_array(tmp_path / f"{split}_view0.npy", pixels)
-        store.save_array(
-            tmp_path / f"{split}_labels.npy", np.eye(3, dtype=np.float32)[np.arange(count) % 3]
-        )
+        labels = np.eye(3, dtype=np.float32)[np.arange(count) % 3]
+        store.write_split(tmp_path, split, store.Split([pixels], labels))
     raw = default_params()
     raw["train"].update(epochs=2, batch_size=4, mixed_precision="on", steps_per_execution=3)
     epochs = _Epochs()
@@ -171,10 +165,8 @@ def test_every_model_trains_an_epoch_on_tiny_data(tmp_path, model, classes):
             (1, 32, 32, 1), np.uint8
         )
         colour = rng.integers(0, 256, (count, 16, 16, 3), np.uint8)
-        store.save_array(tmp_path / f"{split}_view0.npy", gray)
-        store.save_array(tmp_path / f"{split}_view1.npy", colour)
         encoded = labels[:, None] if classes == 2 else np.eye(classes)[labels]
-        store.save_array(tmp_path / f"{split}_labels.npy", encoded.astype(np.float32))
+        store.write_split(tmp_path, split, store.Split([gray, colour], encoded.astype(np.float32)))
     raw = default_params()
     raw["train"].update(model=model, epochs=1, batch_size=4)
     raw["ingest"]["color_mode"] = "rgb"
