@@ -34,11 +34,28 @@ def image_bytes(level: int, seed: str, size=(40, 30), fmt="PNG", mode="RGB") -> 
     """A real, encoded, noisy image around a grey level; `seed` makes each one unique."""
     rng = np.random.default_rng(int(hashlib.sha256(seed.encode()).hexdigest()[:8], 16))
     pixels = np.clip(rng.normal(level, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels, "RGB").convert(mode)
+    return encode(Image.fromarray(pixels, "RGB").convert(mode), fmt)
 
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    """An image's bytes as Pillow saves them in `fmt`."""
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
+    image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (none when it is missing), by path relative to it."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages `dvc repro` or `dvc exp run` ran, from its output."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def make_dataset(root: Path, per_class: int = 12, classes=CLASS_LEVELS) -> Path:

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import socket
 import subprocess
 
 import pytest
@@ -12,6 +11,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.distribute import is_chief, process_of
 from tests.conftest import BIN, FAST, make_dataset, write_params
+from tests.servers import free_ports
 
 WORKER_TIMEOUT = 180  # seconds; a worker whose peer died must not hang the suite
 
@@ -46,16 +46,6 @@ def processed(tmp_path_factory):
     return root / "processed"
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _train(folder, params, processed, env):
     command = [BIN / "imgpipe", "--params", params, "train", "--processed", processed,
                "--model-out", "out/model.keras", "--live-dir", "out/live"]  # fmt: skip
@@ -72,7 +62,8 @@ def test_two_workers_train_together_and_only_the_chief_writes(processed, tmp_pat
     params = write_params(tmp_path / "params.yaml", **{
         **FAST, "train": {**FAST["train"], "epochs": 2, "distribution": "multi_worker"}
     })  # fmt: skip
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    base = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]}
     workers = [
         _train(tmp_path / f"worker{index}", params, processed, {"KERAS_BACKEND": backend,
                "TF_CONFIG": json.dumps({"cluster": cluster,

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline.diff import CHANGES
-from tests.conftest import BIN, GIT_IDENTITY, image_bytes, new_project, write_params
+from tests.conftest import BIN, GIT_IDENTITY, image_bytes, new_project, ran_stages, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -18,10 +18,6 @@ def run(repo, *command) -> str:
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 @pytest.fixture

@@ -33,8 +33,10 @@ from tests.conftest import (
     REPO,
     deadline,
     default_params,
+    encode,
     image_bytes,
     make_dataset,
+    snapshot,
     tmpfs,
 )
 
@@ -45,12 +47,6 @@ def settings(**overrides) -> Ingest:
 
 GRAY = settings()
 RGB = settings(color_mode="rgb", image_size=[24, 40])
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def decode(data: bytes, ingest_settings: Ingest = GRAY) -> np.ndarray:
@@ -384,10 +380,6 @@ def test_a_folder_with_no_usable_image_is_an_error_that_says_what_is_expected(tm
 # --- determinism and the incremental cache --------------------------------------------
 
 
-def written(folder) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
-
-
 def test_output_is_byte_identical_for_any_worker_count_and_listing_order(
     messy, tmp_path, monkeypatch
 ):
@@ -409,8 +401,8 @@ def test_output_is_byte_identical_for_any_worker_count_and_listing_order(
 
     monkeypatch.setattr(scanning.os, "scandir", Reversed)
     ingest.run(raw, tmp_path / "reversed", GRAY, workers=2)
-    serial = written(tmp_path / "serial")
-    assert serial == written(tmp_path / "parallel") == written(tmp_path / "reversed")
+    serial = snapshot(tmp_path / "serial")
+    assert serial == snapshot(tmp_path / "parallel") == snapshot(tmp_path / "reversed")
     assert sorted(serial) == sorted(store.INTERIM_FILES)
 
 
@@ -435,7 +427,7 @@ def test_a_file_that_kills_its_decoding_process_is_quarantined_and_the_run_goes_
         interim = ingest.run(raw, tmp_path / "with", GRAY, workers=2)
     (row,) = interim.quarantine
     assert row.path == "mid/005b.png" and f"killed the process (signal {death.name})" in row.reason
-    without, with_it = written(tmp_path / "without"), written(tmp_path / "with")
+    without, with_it = snapshot(tmp_path / "without"), snapshot(tmp_path / "with")
     for name in ("images.npy", "manifest.csv", "duplicates.csv"):  # nothing else changed
         assert with_it[name] == without[name]
 
@@ -463,7 +455,7 @@ def test_a_file_slower_to_decode_than_the_limit_is_quarantined_and_the_run_goes_
     (row,) = interim.quarantine
     assert row.path == "mid/005b.png"
     assert "longer than ingest.decode_seconds = 1 s" in row.reason
-    without, with_it = written(tmp_path / "without"), written(tmp_path / "with")
+    without, with_it = snapshot(tmp_path / "without"), snapshot(tmp_path / "with")
     for name in ("images.npy", "manifest.csv", "duplicates.csv"):  # nothing else changed
         assert with_it[name] == without[name]
 
@@ -608,14 +600,14 @@ def test_a_rerun_decodes_nothing_and_a_grown_folder_only_new_files(tmp_path, cou
     counted_decodes.clear()
     ingest.run(raw, tmp_path / "again", GRAY, cache_path=cache)
     assert counted_decodes == []
-    assert written(tmp_path / "again") == written(tmp_path / "first")
+    assert snapshot(tmp_path / "again") == snapshot(tmp_path / "first")
 
     write(raw / "dark" / "new.png", image_bytes(30, "new"))
     os.utime(raw / "mid" / "000.png", ns=(1, 1))  # touched, same content: no decode
     ingest.run(raw, tmp_path / "grown", GRAY, cache_path=cache)
     assert len(counted_decodes) == 1
     ingest.run(raw, tmp_path / "scratch", GRAY, cache_path=None)
-    assert written(tmp_path / "grown") == written(tmp_path / "scratch")
+    assert snapshot(tmp_path / "grown") == snapshot(tmp_path / "scratch")
 
 
 def test_the_cache_is_keyed_by_settings_and_safe_to_delete(tmp_path, counted_decodes):
@@ -627,7 +619,7 @@ def test_the_cache_is_keyed_by_settings_and_safe_to_delete(tmp_path, counted_dec
     assert len(counted_decodes) == 24  # other settings: nothing reused
     cache.unlink()
     ingest.run(raw, tmp_path / "rebuilt", GRAY, cache_path=cache)
-    assert written(tmp_path / "rebuilt") == written(tmp_path / "gray")
+    assert snapshot(tmp_path / "rebuilt") == snapshot(tmp_path / "gray")
 
 
 def test_a_changed_file_is_decoded_again(tmp_path, counted_decodes):
@@ -651,7 +643,7 @@ def test_an_unchanged_rerun_links_the_kept_array_instead_of_writing_it(tmp_path,
 
     ingest.run(raw, tmp_path / "again", GRAY, cache_path=cache)
     assert os.path.samefile(tmp_path / "again" / "images.npy", kept)  # linked, not written
-    assert written(tmp_path / "again") == written(tmp_path / "first")
+    assert snapshot(tmp_path / "again") == snapshot(tmp_path / "first")
 
     (raw / "mid" / "002.png").unlink()  # rows from the kept array, one fewer
     write(raw / "dark" / "new.png", image_bytes(30, "new"))
@@ -659,7 +651,7 @@ def test_an_unchanged_rerun_links_the_kept_array_instead_of_writing_it(tmp_path,
     ingest.run(raw, tmp_path / "changed", GRAY, cache_path=cache)
     assert len(counted_decodes) == 1
     ingest.run(raw, tmp_path / "scratch", GRAY, cache_path=None)
-    assert written(tmp_path / "changed") == written(tmp_path / "scratch")
+    assert snapshot(tmp_path / "changed") == snapshot(tmp_path / "scratch")
 
 
 @pytest.mark.parametrize("damage", ["all but the header overwritten", "pages overwritten"])
@@ -678,13 +670,13 @@ def test_a_damaged_cache_is_set_aside_with_a_warning_and_the_run_goes_on(
     damaged = cache.read_bytes()
 
     ingest.run(raw, tmp_path / "out", GRAY, cache_path=cache)
-    assert written(tmp_path / "out") == written(tmp_path / "scratch")
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "scratch")
     assert f"decode cache {cache} is damaged" in capsys.readouterr().err
     assert cache.with_name("cache.sqlite.damaged").read_bytes() == damaged  # kept, not deleted
     counted_decodes.clear()
     ingest.run(raw, tmp_path / "again", GRAY, cache_path=cache)  # the new cache serves
     assert counted_decodes == []
-    assert written(tmp_path / "again") == written(tmp_path / "scratch")
+    assert snapshot(tmp_path / "again") == snapshot(tmp_path / "scratch")
 
 
 def test_setting_a_damaged_cache_aside_never_replaces_a_file_already_there(tmp_path):
@@ -737,7 +729,7 @@ def test_a_cache_on_a_read_only_file_system_is_a_warning_and_the_run_goes_on(
     raw = make_dataset(tmp_path / "raw", per_class=4)
     ingest.run(raw, tmp_path / "scratch", GRAY, cache_path=None)
     ingest.run(raw, tmp_path / "out", GRAY, cache_path=read_only_folder / "decoded.sqlite")
-    assert written(tmp_path / "out") == written(tmp_path / "scratch")
+    assert snapshot(tmp_path / "out") == snapshot(tmp_path / "scratch")
     warning = capsys.readouterr().err
     assert f"the decode cache's folder {read_only_folder} is not writable" in warning
     assert "--no-cache" in warning and "IMGPIPE_DECODE_CACHE" in warning
@@ -747,7 +739,7 @@ def test_a_kept_array_edited_or_deleted_is_not_trusted(tmp_path):
     raw = make_dataset(tmp_path / "raw", per_class=4)
     cache = tmp_path / "cache.sqlite"
     ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
-    first = written(tmp_path / "first")  # read now: the kept array is the same file
+    first = snapshot(tmp_path / "first")  # read now: the kept array is the same file
     kept = cache.with_suffix(".images.npy")
     with kept.open("r+b") as file:  # edited in place, as `np.load(mmap_mode="r+")` could
         file.seek(-16, os.SEEK_END)
@@ -755,7 +747,7 @@ def test_a_kept_array_edited_or_deleted_is_not_trusted(tmp_path):
     later = kept.stat().st_mtime_ns + 10**9  # a later edit; timestamps can be coarse
     os.utime(kept, ns=(later, later))
     ingest.run(raw, tmp_path / "edited", GRAY, cache_path=cache)
-    assert written(tmp_path / "edited") == first
+    assert snapshot(tmp_path / "edited") == first
     kept.unlink()
     ingest.run(raw, tmp_path / "deleted", GRAY, cache_path=cache)
-    assert written(tmp_path / "deleted") == first
+    assert snapshot(tmp_path / "deleted") == first

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline import store
-from tests.conftest import BIN, photo_like, write_params
+from tests.conftest import BIN, photo_like, snapshot, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -70,27 +70,23 @@ def kill(process: subprocess.Popen, seconds: float | None, out) -> None:
     process.wait()
 
 
-def contents(folder) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
-
-
 def test_killed_ingest_never_looks_complete_and_reruns_identically(project):
     root, params = project
     ingest = ["ingest", "--raw", "raw", "--workers", "2"]
     assert imgpipe(root, params, *ingest, "--out", "reference", "--no-cache").wait() == 0
-    reference = contents(root / "reference")
+    reference = snapshot(root / "reference")
 
     for seconds in KILL_AT:
         out, cache = root / f"out-{seconds}", root / f"cache-{seconds}.sqlite"
         kill(imgpipe(root, params, *ingest, "--out", out, "--cache", cache), seconds, out)
-        left = contents(out)
+        left = snapshot(out)
         if "report.json" in left:
             assert left == reference, seconds
         else:  # visibly incomplete: some outputs missing (hidden .partial files aside)
             assert {name for name in left if not name.startswith(".")} < set(reference), seconds
         rerun = imgpipe(root, params, *ingest, "--out", out, "--cache", cache)
         assert rerun.wait() == 0
-        assert contents(out) == reference, seconds
+        assert snapshot(out) == reference, seconds
 
 
 def test_killed_prepare_never_looks_complete_and_reruns_identically(project):
@@ -100,18 +96,18 @@ def test_killed_prepare_never_looks_complete_and_reruns_identically(project):
     prepare = ["prepare", "--interim", "reference"]
     done = imgpipe(root, params, *prepare, "--out", "processed", "--report-dir", "report")
     assert done.wait() == 0
-    reference = contents(root / "processed"), contents(root / "report")
+    reference = snapshot(root / "processed"), snapshot(root / "report")
 
     for seconds in [1.0, 3.0, None]:
         out, report = root / f"processed-{seconds}", root / f"report-{seconds}"
         args = [*prepare, "--out", out, "--report-dir", report]
         kill(imgpipe(root, params, *args), seconds, out)
-        if "splits.csv" in contents(out):
-            assert contents(out) == reference[0], seconds
-        if "report.json" in contents(report):
-            assert contents(report) == reference[1], seconds
+        if "splits.csv" in snapshot(out):
+            assert snapshot(out) == reference[0], seconds
+        if "report.json" in snapshot(report):
+            assert snapshot(report) == reference[1], seconds
         assert imgpipe(root, params, *args).wait() == 0
-        assert (contents(out), contents(report)) == reference, seconds
+        assert (snapshot(out), snapshot(report)) == reference, seconds
         split = store.read_split(out, "test")
         assert isinstance(split.views[0], np.memmap)
 

@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline import ingest, prepare, store
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Prepare
-from tests.conftest import default_params, photo_like
+from tests.conftest import default_params, encode, photo_like
 
 
 def settings(**overrides) -> Prepare:
@@ -36,12 +36,6 @@ def noise_interim(count: int, classes=("b", "a", "c"), seed: int = 0) -> store.I
     ]  # fmt: skip
     images = rng.integers(0, 256, (count, 64, 64, 1), dtype=np.uint8)
     return store.Interim(images, rows, [], [], {})
-
-
-def encode(image: Image.Image, fmt="PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 # --- the split ---------------------------------------------------------------------

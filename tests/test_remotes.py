@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import BIN, GIT_IDENTITY, image_bytes, new_project, tmpfs
+from tests.conftest import (
+    BIN,
+    GIT_IDENTITY,
+    image_bytes,
+    new_project,
+    ran_stages,
+    snapshot,
+    tmpfs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +54,6 @@ def configure_remote(env, clone, server) -> None:
         dvc(env, clone, "remote", "modify", "--local", "store", option, value)
 
 
-def ran(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
-
-def snapshot(folder) -> dict[str, bytes]:
-    return {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    }
-
-
 @pytest.fixture
 def machine_a(tmp_path, env, server):
     """Machine A: a new project with tracked raw images, a remote, and a shared git origin."""
@@ -85,7 +83,7 @@ def commit_and_push(env, clone, message) -> None:
 
 def test_two_machines_share_data_model_and_metrics(tmp_path, env, server, machine_a):
     a, origin = machine_a
-    assert ran(dvc(env, a, "repro", "prepare").stdout) == ["ingest", "prepare"]
+    assert ran_stages(dvc(env, a, "repro", "prepare").stdout) == ["ingest", "prepare"]
     commit_and_push(env, a, "data v1, prepared")
     assert "secret" not in (a / ".dvc" / "config").read_text()
 
@@ -100,7 +98,7 @@ def test_two_machines_share_data_model_and_metrics(tmp_path, env, server, machin
     cached = {p.parent.name + p.name for p in (b / ".dvc" / "cache").rglob("*") if p.is_file()}
     assert raw_listing not in cached  # not even the raw folder's listing was fetched
     repro = dvc(env, b, "repro", "--allow-missing").stdout
-    assert ran(repro) == ["train", "evaluate"]
+    assert ran_stages(repro) == ["train", "evaluate"]
     commit_and_push(env, b, "trained on B")
 
     sh(env, a, "git", "pull", "-q", "origin", "main")
