@@ -27,7 +27,7 @@ from pipeline.cli import cli
 from pipeline.ingest import cache as cache_module
 from pipeline.ingest import decode as decoding
 from pipeline.train import device_kind
-from tests.conftest import BIN, FAST, REPO, deadline, make_dataset, write_params
+from tests.conftest import BIN, FAST, REPO, deadline, make_dataset, tmpfs, write_params
 
 STAGES = ["ingest", "prepare", "train", "evaluate"]
 
@@ -257,8 +257,11 @@ def test_evaluate_refuses_a_model_without_its_label_map(project, tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
 @pytest.mark.parametrize("damage", ["cut short", "weights torn"])
-def test_a_damaged_model_file_is_one_line_saying_how_to_get_it_back(project, tmp_path, damage):
+def test_a_damaged_model_file_is_one_line_saying_how_to_get_it_back(
+    project, tmp_path, damage, command
+):
     paths, _, _ = project
     damaged = tmp_path / "model.keras"
     if damage == "cut short":
@@ -269,8 +272,18 @@ def test_a_damaged_model_file_is_one_line_saying_how_to_get_it_back(project, tmp
                 data = source.read(name)
                 target.writestr(name, data[: len(data) // 2] if name.endswith(".h5") else data)
     shutil.copy(store.beside_model(paths["model"])["labels"], store.beside_model(damaged)["labels"])
-    result = invoke("--params", paths["params"], "evaluate", "--model", damaged,
-                    "--processed", paths["processed"], "--out", tmp_path / "out")  # fmt: skip
+    arguments = {
+        "evaluate": [
+            "--model",
+            damaged,
+            "--processed",
+            paths["processed"],
+            "--out",
+            tmp_path / "out",
+        ],
+        "predict": [damaged, paths["raw"], "--processed", paths["processed"]],
+    }[command]
+    result = invoke("--params", paths["params"], command, *arguments)
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {damaged} cannot be loaded as a Keras model (")
     assert result.output.endswith("train again (dvc repro) or fetch it again (dvc pull)\n")
@@ -414,8 +427,11 @@ def test_predict_gives_the_same_rows_on_one_worker_and_several(project):
     assert len(rows[0]) == 48 and rows[0] == rows[1]
 
 
+@pytest.mark.parametrize("backend", ["nonesuch", "openvino"])  # unknown; known, not installed
 @pytest.mark.parametrize("command", ["train", "evaluate", "predict"])
-def test_a_backend_keras_cannot_load_is_one_line_saying_what_to_set(project, tmp_path, command):
+def test_a_backend_keras_cannot_load_is_one_line_saying_what_to_set(
+    project, tmp_path, command, backend
+):
     paths, _, _ = project
     arguments = {
         "train": ["--processed", paths["processed"], "--model-out", tmp_path / "m.keras",
@@ -425,10 +441,10 @@ def test_a_backend_keras_cannot_load_is_one_line_saying_what_to_set(project, tmp
         "predict": [paths["model"], paths["raw"], "--processed", paths["processed"]],
     }[command]  # fmt: skip
     done = subprocess.run([BIN / "imgpipe", "--params", paths["params"], command, *arguments],
-                          env={**os.environ, "KERAS_BACKEND": "nonesuch"}, capture_output=True,
+                          env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 1
-    assert "Keras cannot load the 'nonesuch' backend" in done.stderr
+    assert f"Keras cannot load the '{backend}' backend" in done.stderr
     assert "to tensorflow, jax, torch or numpy" in done.stderr and "KERAS_BACKEND" in done.stderr
     assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
 
@@ -634,3 +650,27 @@ def test_outputs_follow_the_umask(tmp_path, umask):
     subprocess.run(command, check=True, capture_output=True, preexec_fn=lambda: os.umask(umask))
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes == dict.fromkeys(store.INTERIM_FILES, 0o666 & ~umask)
+
+
+def test_predict_refuses_a_model_trained_with_another_label_map(project, tmp_path):
+    paths, _, _ = project
+    processed = tmp_path / "processed"
+    shutil.copytree(paths["processed"], processed)
+    (processed / "labels.json").write_text('{"bright": 0, "dark": 1, "mid": 2, "new": 3}')
+    result = invoke("--params", paths["params"], "predict", paths["model"], paths["raw"],
+                    "--processed", processed)  # fmt: skip
+    assert result.exit_code == 1
+    assert "was trained with the label map" in result.output and "train again" in result.output
+
+
+def test_an_output_path_on_a_read_only_file_system_is_one_line_saying_what_to_do(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=2)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    with tmpfs(read_only, "ro"):
+        result = invoke("ingest", "--raw", raw, "--out", read_only / "interim", "--no-cache")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output == (
+        f"Error: Read-only file system: {read_only / 'interim'}; choose a path on a writable "
+        "file system (see --help), then run the command again\n"
+    )

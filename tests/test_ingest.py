@@ -406,9 +406,10 @@ def test_output_is_byte_identical_for_any_worker_count_and_listing_order(
     assert sorted(serial) == sorted(store.INTERIM_FILES)
 
 
+@pytest.mark.parametrize("workers", [1, 2])  # one worker too: never the main process
 @pytest.mark.parametrize("death", [signal.SIGSEGV, signal.SIGKILL], ids=["crash", "oom-killer"])
 def test_a_file_that_kills_its_decoding_process_is_quarantined_and_the_run_goes_on(
-    tmp_path, monkeypatch, death
+    tmp_path, monkeypatch, death, workers
 ):
     raw = make_dataset(tmp_path / "raw")
     ingest.run(raw, tmp_path / "without", GRAY, workers=2)
@@ -424,12 +425,53 @@ def test_a_file_that_kills_its_decoding_process_is_quarantined_and_the_run_goes_
 
     monkeypatch.setattr(decoding, "decode_image", dying_on_it)
     with deadline(60, "ingest hung after a decoding process died"):
-        interim = ingest.run(raw, tmp_path / "with", GRAY, workers=2)
+        interim = ingest.run(raw, tmp_path / "with", GRAY, workers=workers)
     (row,) = interim.quarantine
     assert row.path == "mid/005b.png" and f"killed the process (signal {death.name})" in row.reason
     without, with_it = snapshot(tmp_path / "without"), snapshot(tmp_path / "with")
     for name in ("images.npy", "manifest.csv", "duplicates.csv"):  # nothing else changed
         assert with_it[name] == without[name]
+
+
+def test_a_worker_killed_by_hand_mid_run_ends_with_the_same_bytes(tmp_path, monkeypatch):
+    raw = make_dataset(tmp_path / "raw")
+    ingest.run(raw, tmp_path / "uninterrupted", GRAY, workers=2)
+    killed = tmp_path / "killed"  # the first worker to decode mid/005.png dies, once
+    real = decoding.decode_image
+    victim = (raw / "mid" / "005.png").read_bytes()
+
+    def killed_once(data, ingest_settings):  # the workers are forked: they inherit this
+        if data == victim and not killed.exists():
+            killed.touch()
+            faulthandler.disable()
+            os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` of that worker would
+        return real(data, ingest_settings)
+
+    monkeypatch.setattr(decoding, "decode_image", killed_once)
+    with deadline(60, "ingest hung after a worker was killed"):
+        ingest.run(raw, tmp_path / "again", GRAY, workers=2)
+    assert killed.exists()
+    assert snapshot(tmp_path / "again") == snapshot(tmp_path / "uninterrupted")
+
+
+def test_unchanged_files_are_not_even_read_on_a_rerun(tmp_path, monkeypatch):
+    raw = make_dataset(tmp_path / "raw", per_class=4)
+    cache = tmp_path / "cache.sqlite"
+    ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
+    log = tmp_path / "read.log"
+    real = decoding.decode_file
+
+    def logged(path, *rest):  # decode_file is what reads a file; forked workers inherit this
+        with log.open("a") as file:
+            file.write(f"{path}\n")
+        return real(path, *rest)
+
+    monkeypatch.setattr(pool, "decode_file", logged)
+    ingest.run(raw, tmp_path / "again", GRAY, cache_path=cache)
+    assert not log.exists()  # the stat signatures vouched for every file
+    write(raw / "dark" / "new.png", image_bytes(30, "new"))
+    ingest.run(raw, tmp_path / "grown", GRAY, cache_path=cache)
+    assert log.read_text().split() == [str((raw / "dark" / "new.png").resolve())]
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -81,3 +81,11 @@ def test_the_readme_model_table_is_the_registry():
     assert [(name.strip().strip("`"), body.strip()) for name, body in rows] == [
         (name, model.body) for name, model in MODELS.items()
     ]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_scales_each_of_its_inputs_by_1_over_255_itself(name):
+    model = build_model(name, [GRAY, COLOUR], 3)
+    scalings = [layer for layer in model.layers if isinstance(layer, keras.layers.Rescaling)]
+    assert len(scalings) == MODELS[name].inputs  # one per input, none skipped
+    assert all(layer.scale == pytest.approx(1 / 255) and layer.offset == 0 for layer in scalings)
