@@ -202,3 +202,30 @@ def test_steps_per_execution_never_changes_the_batches_an_epoch_trains_on(tmp_pa
     model = train(store.read_split(tmp_path, "train"), store.read_split(tmp_path, "val"),
                   Params.model_validate(raw), [])  # fmt: skip
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * 9
+
+
+class _EveryEpoch(keras.callbacks.Callback):
+    """Each epoch's val loss and the weights it ended with."""
+
+    def __init__(self):
+        super().__init__()
+        self.val_losses, self.weights = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.val_losses.append(logs["val_loss"])
+        self.weights.append([np.array(w) for w in self.model.get_weights()])
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_restore_best_weights_ends_with_the_best_epochs_weights(tmp_path, restore):
+    _noise(tmp_path, train_count=32, val_count=16)  # val loss cannot keep improving
+    raw = default_params()
+    stopping = {"patience": 2, "restore_best_weights": restore}
+    raw["train"].update(epochs=40, batch_size=8, learning_rate=0.05, early_stopping=stopping)
+    every = _EveryEpoch()
+    model = train(store.read_split(tmp_path, "train"), store.read_split(tmp_path, "val"),
+                  Params.model_validate(raw), [every])  # fmt: skip
+    best = int(np.argmin(every.val_losses))
+    assert best < len(every.val_losses) - 1  # stopped after epochs without a better val loss
+    expected = every.weights[best] if restore else every.weights[-1]
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), expected, strict=True))
