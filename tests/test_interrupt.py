@@ -7,11 +7,14 @@ output is there and correct, and a re-run writes the same bytes as a run that
 was never interrupted.
 """
 
+import contextlib
 import io
 import os
 import signal
+import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +23,6 @@ from pipeline import store
 from tests.conftest import BIN, photo_like, snapshot, write_params
 
 pytestmark = pytest.mark.slow
-
-# Seconds after the start (start-up, decoding), or None: as soon as writing begins.
-KILL_AT = [0.15, 0.5, 0.9, 1.3, None]
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,11 @@ def project(tmp_path_factory):
         (folder / f"{index:03d}.png").write_bytes(buffer.getvalue() + b"%06d" % index)
     params = write_params(
         root / "params.yaml",
-        ingest={"image_size": [32, 32]},
+        # Large enough that writing the outputs lasts long enough to be interrupted.
+        ingest={"image_size": [128, 128]},
         # One picture in every file: without this, all would be one near-duplicate group.
         prepare={
-            "views": [{"image_size": [32, 32], "color_mode": "grayscale"}],
+            "views": [{"image_size": [128, 128], "color_mode": "grayscale"}],
             "near_duplicate_distance": -1,
         },
     )
@@ -58,58 +59,84 @@ def imgpipe(root, params, *args) -> subprocess.Popen:
     )
 
 
-def kill(process: subprocess.Popen, seconds: float | None, out) -> None:
-    """SIGKILL the process group after `seconds`, or once a file appears in `out`."""
-    if seconds is not None:
-        time.sleep(seconds)
-    else:
-        while process.poll() is None and not (out.exists() and any(out.iterdir())):
-            time.sleep(0.001)
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
+def kill_in_phase(process: subprocess.Popen, reached, still_in_phase) -> None:
+    """SIGKILL the process group once `reached()` holds, and check that the run was still
+    in the phase the test interrupts (`still_in_phase()` at the kill): a run faster than
+    the test fails it, instead of comparing two complete runs."""
+    deadline = time.monotonic() + 120
+    while not reached():  # no sleep: writing lasts milliseconds
+        assert process.poll() is None, "the run ended before the phase to interrupt"
+        assert time.monotonic() < deadline, "the phase to interrupt never came"
+    os.killpg(process.pid, signal.SIGSTOP)  # frozen, so the phase seen is the phase killed
+    while Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        time.sleep(0.0001)
+    in_phase = still_in_phase()
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    assert in_phase, "the run had left the phase to interrupt"
 
 
-def test_killed_ingest_never_looks_complete_and_reruns_identically(project):
+def cached_results(cache) -> int:
+    """Decode results the cache has committed (0 before it has its table)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{cache}?mode=ro", uri=True)) as database:
+            return database.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def files_in(folder) -> set[str]:
+    """The outputs in place in `folder` (not the hidden .partial files being written)."""
+    names = os.listdir(folder) if folder.exists() else []
+    return {name for name in names if not name.startswith(".")}
+
+
+@pytest.mark.parametrize("phase", ["start-up", "decoding", "writing"])
+def test_killed_ingest_never_looks_complete_and_reruns_identically(project, phase):
     root, params = project
     ingest = ["ingest", "--raw", "raw", "--workers", "2"]
-    assert imgpipe(root, params, *ingest, "--out", "reference", "--no-cache").wait() == 0
-    reference = snapshot(root / "reference")
+    reference_out = root / "reference"
+    if not reference_out.exists():
+        assert imgpipe(root, params, *ingest, "--out", reference_out, "--no-cache").wait() == 0
+    reference = snapshot(reference_out)
+    out, cache = root / f"out-{phase}", root / f"cache-{phase}.sqlite"
+    run = imgpipe(root, params, *ingest, "--out", out, "--cache", cache)
+    if phase == "start-up":  # before anything is decoded
+        kill_in_phase(run, lambda: True, lambda: cached_results(cache) == 0)
+    elif phase == "decoding":  # some decoding committed, no output written yet
+        kill_in_phase(run, lambda: cached_results(cache) > 0, lambda: files_in(out) == set())
+    else:  # the first output is in place, the last (report.json) not yet
+        kill_in_phase(run, lambda: files_in(out), lambda: "report.json" not in files_in(out))
+    assert files_in(out) < set(reference)  # visibly incomplete
+    rerun = imgpipe(root, params, *ingest, "--out", out, "--cache", cache)
+    assert rerun.wait() == 0
+    assert snapshot(out) == reference
 
-    for seconds in KILL_AT:
-        out, cache = root / f"out-{seconds}", root / f"cache-{seconds}.sqlite"
-        kill(imgpipe(root, params, *ingest, "--out", out, "--cache", cache), seconds, out)
-        left = snapshot(out)
-        if "report.json" in left:
-            assert left == reference, seconds
-        else:  # visibly incomplete: some outputs missing (hidden .partial files aside)
-            assert {name for name in left if not name.startswith(".")} < set(reference), seconds
-        rerun = imgpipe(root, params, *ingest, "--out", out, "--cache", cache)
-        assert rerun.wait() == 0
-        assert snapshot(out) == reference, seconds
 
-
-def test_killed_prepare_never_looks_complete_and_reruns_identically(project):
+@pytest.mark.parametrize("phase", ["computing", "writing"])
+def test_killed_prepare_never_looks_complete_and_reruns_identically(project, phase):
     root, params = project
     if not (root / "reference").exists():
         imgpipe(root, params, "ingest", "--raw", "raw", "--out", "reference", "--no-cache").wait()
     prepare = ["prepare", "--interim", "reference"]
-    done = imgpipe(root, params, *prepare, "--out", "processed", "--report-dir", "report")
-    assert done.wait() == 0
+    if not (root / "processed").exists():
+        done = imgpipe(root, params, *prepare, "--out", "processed", "--report-dir", "report")
+        assert done.wait() == 0
     reference = snapshot(root / "processed"), snapshot(root / "report")
-
-    for seconds in [1.0, 3.0, None]:
-        out, report = root / f"processed-{seconds}", root / f"report-{seconds}"
-        args = [*prepare, "--out", out, "--report-dir", report]
-        kill(imgpipe(root, params, *args), seconds, out)
-        if "splits.csv" in snapshot(out):
-            assert snapshot(out) == reference[0], seconds
-        if "report.json" in snapshot(report):
-            assert snapshot(report) == reference[1], seconds
-        assert imgpipe(root, params, *args).wait() == 0
-        assert (snapshot(out), snapshot(report)) == reference, seconds
-        split = store.read_split(out, "test")
-        assert isinstance(split.views[0], np.memmap)
+    out, report = root / f"processed-{phase}", root / f"report-{phase}"
+    args = [*prepare, "--out", out, "--report-dir", report]
+    run = imgpipe(root, params, *args)
+    if phase == "computing":  # running, nothing written yet
+        started = time.monotonic()
+        kill_in_phase(run, lambda: time.monotonic() - started > 0.3,
+                      lambda: files_in(out) == files_in(report) == set())  # fmt: skip
+    else:  # the first array is in place, splits.csv (written last) not yet
+        kill_in_phase(run, lambda: files_in(out), lambda: "splits.csv" not in files_in(out))
+    assert "splits.csv" not in files_in(out)  # visibly incomplete
+    assert imgpipe(root, params, *args).wait() == 0
+    assert (snapshot(out), snapshot(report)) == reference
+    split = store.read_split(out, "test")
+    assert isinstance(split.views[0], np.memmap)
 
 
 def test_a_partial_file_left_by_a_kill_is_removed_by_the_next_write(tmp_path):
