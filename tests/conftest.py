@@ -149,6 +149,25 @@ GIT_IDENTITY = {
 }
 
 
+def dvc_env(**extra) -> dict:
+    """The environment for git and dvc in a test repository: an identity, no analytics."""
+    return {**os.environ, **GIT_IDENTITY, "DVC_NO_ANALYTICS": "1", **extra}
+
+
+def ingest_and_prepare(root: Path, params: Path, raw: Path) -> Path:
+    """Run ingest and prepare by hand into `root`; returns the prepared folder."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    for args in (["ingest", "--raw", raw, "--out", root / "interim"],
+                 ["prepare", "--interim", root / "interim", "--out", root / "processed",
+                  "--report-dir", root / "report"]):  # fmt: skip
+        result = CliRunner().invoke(cli, ["--params", str(params), *map(str, args)])
+        assert result.exit_code == 0, result.output
+    return root / "processed"
+
+
 def new_project(root: Path) -> Path:
     """A project as a user starts one: this pipeline, dvc.yaml, fast params, tiny images."""
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__py*"))

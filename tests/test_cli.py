@@ -27,7 +27,16 @@ from pipeline.cli import cli
 from pipeline.ingest import cache as cache_module
 from pipeline.ingest import decode as decoding
 from pipeline.train import device_kind
-from tests.conftest import BIN, FAST, REPO, deadline, make_dataset, tmpfs, write_params
+from tests.conftest import (
+    BIN,
+    FAST,
+    REPO,
+    deadline,
+    ingest_and_prepare,
+    make_dataset,
+    tmpfs,
+    write_params,
+)
 
 STAGES = ["ingest", "prepare", "train", "evaluate"]
 
@@ -356,11 +365,8 @@ def test_multi_input_trains_and_evaluates_on_two_views_of_colour_images(tmp_path
         },
         train={"model": "multi_input", "epochs": 1, "batch_size": 8},
     )
-    raw = make_dataset(tmp_path / "raw", per_class=12)
+    ingest_and_prepare(tmp_path, params, make_dataset(tmp_path / "raw", per_class=12))
     steps = [
-        ["ingest", "--raw", raw, "--out", tmp_path / "interim"],
-        ["prepare", "--interim", tmp_path / "interim", "--out", tmp_path / "processed",
-         "--report-dir", tmp_path / "report"],
         ["train", "--processed", tmp_path / "processed", "--model-out", tmp_path / "m.keras",
          "--live-dir", tmp_path / "live"],
         ["evaluate", "--model", tmp_path / "m.keras", "--processed", tmp_path / "processed",

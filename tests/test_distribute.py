@@ -6,11 +6,9 @@ import re
 import subprocess
 
 import pytest
-from click.testing import CliRunner
 
-from pipeline.cli import cli
 from pipeline.distribute import is_chief, process_of
-from tests.conftest import BIN, FAST, make_dataset, write_params
+from tests.conftest import BIN, FAST, ingest_and_prepare, make_dataset, write_params
 from tests.servers import free_ports
 
 WORKER_TIMEOUT = 180  # seconds; a worker whose peer died must not hang the suite
@@ -37,13 +35,7 @@ def test_the_chief_is_the_chief_task_or_else_worker_zero():
 def processed(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     params = write_params(root / "params.yaml", **FAST)
-    raw = make_dataset(root / "raw", per_class=16)
-    for args in (["ingest", "--raw", raw, "--out", root / "interim"],
-                 ["prepare", "--interim", root / "interim", "--out", root / "processed",
-                  "--report-dir", root / "report"]):  # fmt: skip
-        result = CliRunner().invoke(cli, ["--params", str(params), *map(str, args)])
-        assert result.exit_code == 0, result.output
-    return root / "processed"
+    return ingest_and_prepare(root, params, make_dataset(root / "raw", per_class=16))
 
 
 def _train(folder, params, processed, env):

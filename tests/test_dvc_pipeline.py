@@ -1,21 +1,19 @@
 """`dvc repro` on the real dvc.yaml, in a temporary git + DVC repository."""
 
 import json
-import os
 import subprocess
 
 import pytest
 import yaml
 
 from pipeline.diff import CHANGES
-from tests.conftest import BIN, GIT_IDENTITY, image_bytes, new_project, ran_stages, write_params
+from tests.conftest import BIN, dvc_env, image_bytes, new_project, ran_stages, write_params
 
 pytestmark = pytest.mark.slow
 
 
 def run(repo, *command) -> str:
-    env = {**os.environ, **GIT_IDENTITY, "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=repo, env=dvc_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -52,8 +50,8 @@ def test_repro_builds_everything_then_nothing_then_only_what_a_param_touches(rep
 
 def test_a_bad_param_fails_repro_before_any_stage_output_exists(repo):
     write_params(repo / "params.yaml", ingest={"image_size": [64, 0]})
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run([BIN / "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    done = subprocess.run([BIN / "dvc", "repro"], cwd=repo, env=dvc_env(), capture_output=True,
+                          text=True)  # fmt: skip
     assert done.returncode != 0
     assert "ingest.image_size = [64, 0] is invalid" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
@@ -96,9 +94,8 @@ def test_diff_shows_what_changed_between_two_commits(repo):
 
 
 def test_diff_of_an_unknown_revision_says_what_to_check(repo):
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     command = [BIN / "imgpipe", "diff", "no-such-rev", "HEAD"]
-    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=repo, env=dvc_env(), capture_output=True, text=True)
     assert done.returncode == 1
     assert "cannot read data/processed/splits.csv at no-such-rev" in done.stderr
     assert "Traceback" not in done.stderr

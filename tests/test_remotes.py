@@ -7,7 +7,6 @@ back; both end with the same metrics. Each test runs against both servers.
 
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import yaml
 
 from tests.conftest import (
     BIN,
-    GIT_IDENTITY,
+    dvc_env,
     image_bytes,
     new_project,
     ran_stages,
@@ -32,7 +31,7 @@ def env(tmp_path):
     """A clean HOME (no stray ssh known_hosts or dvc config) and a git identity."""
     home = tmp_path / "home"
     home.mkdir()
-    return {**os.environ, **GIT_IDENTITY, "HOME": str(home), "DVC_NO_ANALYTICS": "1"}
+    return dvc_env(HOME=str(home))
 
 
 def sh(env, cwd, *command, ok=True) -> subprocess.CompletedProcess:
