@@ -3,6 +3,8 @@
 import re
 import subprocess
 
+import pytest
+
 from tests.conftest import REPO
 
 CREDENTIAL = re.compile(
@@ -29,15 +31,17 @@ def test_no_tracked_file_holds_a_credential():
     assert [f for f in found if not f.startswith("tests/test_safety.py")] == []
 
 
-def test_dvc_local_config_where_secrets_belong_is_ignored_by_git():
-    ignored = subprocess.run(
-        ["git", "check-ignore", "-q", ".dvc/config.local"], cwd=REPO, check=False
-    )
+@pytest.mark.parametrize(
+    "path",
+    [".dvc/config.local", "dvc_plots/index.html"],  # secrets; what `dvc plots show` writes
+)
+def test_files_that_are_not_sources_are_ignored_by_git(path):
+    ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False)
     assert ignored.returncode == 0
 
 
 def test_arrays_and_models_are_loaded_safely():
-    code = {path: path.read_text() for path in (REPO / "pipeline").glob("*.py")}
+    code = {path: path.read_text() for path in (REPO / "pipeline").rglob("*.py")}
     loads = [p.name for p, text in code.items() for _ in re.finditer(r"np\.load\(", text)]
     assert loads == ["store.py"]
     assert "allow_pickle=False" in code[REPO / "pipeline" / "store.py"]
