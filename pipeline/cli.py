@@ -398,8 +398,8 @@ def pull(targets: tuple[str, ...], remote: str | None) -> None:
     """
     from pipeline.remote import transfer
 
-    stats = transfer("pull", targets, remote)
-    click.echo(f"pull: {stats.get('fetched', 0)} files downloaded")
+    result = transfer("pull", targets, remote)
+    click.echo(f"pull: {result['stats']['fetched']} files downloaded")
 
 
 def main() -> None:

@@ -50,11 +50,17 @@ def read_rows(splits_csv: Path, rev: str | None) -> list[store.SplitRow]:
             raise PipelineError(f"{splits_csv} does not exist; run `dvc repro prepare` first")
         return store.read_split_rows(splits_csv)
     import dvc.api
-    from dvc.exceptions import DvcException
+    from dvc.exceptions import DvcException, PathMissingError
     from scmrepo.exceptions import SCMError
 
     try:
         text = dvc.api.read(splits_csv.as_posix(), rev=rev)
+    except PathMissingError:  # DVC's own words say "neither as a DVC output nor as ..."
+        raise PipelineError(
+            f"{splits_csv} is not in {rev}: prepare had not run there, or its dvc.lock was not "
+            "committed. imgpipe diff compares prepared splits: run `dvc repro prepare` and "
+            "commit dvc.lock first"
+        ) from None
     except (DvcException, SCMError) as error:
         raise PipelineError(
             f"cannot read {splits_csv} at {rev}: {error}; check the revision, "

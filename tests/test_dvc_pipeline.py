@@ -93,6 +93,19 @@ def test_diff_shows_what_changed_between_two_commits(repo):
     )
 
 
+def test_diff_against_a_revision_without_prepared_data_says_so_in_one_line(repo):
+    # The fixture's one commit has no dvc.lock: DVC said "... does not exist in the target
+    # repository ... neither as a DVC output nor as a Git-tracked file".
+    command = [BIN / "imgpipe", "diff", "HEAD"]
+    done = subprocess.run(command, cwd=repo, env=dvc_env(), capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "Error: data/processed/splits.csv is not in HEAD: prepare had not run there, or its "
+        "dvc.lock was not committed. imgpipe diff compares prepared splits: run `dvc repro "
+        "prepare` and commit dvc.lock first\n"
+    )
+
+
 def test_diff_of_an_unknown_revision_says_what_to_check(repo):
     command = [BIN / "imgpipe", "diff", "no-such-rev", "HEAD"]
     done = subprocess.run(command, cwd=repo, env=dvc_env(), capture_output=True, text=True)

@@ -90,7 +90,8 @@ def test_two_machines_share_data_model_and_metrics(tmp_path, env, server, machin
     b = tmp_path / "b"
     sh(env, tmp_path, "git", "clone", "-q", origin, b)
     configure_remote(env, b, server)
-    sh(env, b, BIN / "imgpipe", "pull", "data/processed")
+    pulled = sh(env, b, BIN / "imgpipe", "pull", "data/processed").stdout
+    assert int(pulled.split()[1]) > 0, pulled  # "pull: N files downloaded"; it always said 0
     assert not (b / "data" / "raw").exists()
     assert not (b / "data" / "interim" / "images.npy").exists()
     raw_listing = yaml.safe_load((b / "data" / "raw.dvc").read_text())["outs"][0]["md5"]
