@@ -31,7 +31,20 @@ class BadParams(click.ClickException):
     exit_code = 2  # a usage error, like click's own for bad options
 
 
+# The commands that read params.yaml. Their params are checked before click checks their
+# paths, so a broken params.yaml is named (exit 2) whatever else is missing.
+READS_PARAMS = frozenset({"ingest", "prepare", "train", "evaluate", "predict"})
+HELP = frozenset({"-h", "--help"})
+
+
 class Group(click.Group):
+    def resolve_command(self, ctx, args):
+        # Called with the command and its arguments still unparsed: params come first.
+        name, command, rest = super().resolve_command(ctx, args)
+        if name in READS_PARAMS and not HELP.intersection(rest):
+            _params(ctx)
+        return name, command, rest
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -46,10 +59,14 @@ class Group(click.Group):
 
 
 def _params(ctx: click.Context) -> Params:
-    try:
-        return load_params(ctx.obj)
-    except ParamsError as error:
-        raise BadParams(str(error)) from None
+    """params.yaml (the group's --params), parsed once per run."""
+    root = ctx.find_root()
+    if "params" not in root.meta:
+        try:
+            root.meta["params"] = load_params(root.params["params_path"])
+        except ParamsError as error:
+            raise BadParams(str(error)) from None
+    return root.meta["params"]
 
 
 def _folder(exists: bool = True) -> click.Path:
@@ -74,14 +91,12 @@ WORKERS = click.option(
     help="The params file that stages read their settings from.",
 )
 @click.version_option(package_name="imgpipe")
-@click.pass_context
-def cli(ctx: click.Context, params_path: Path) -> None:
+def cli(params_path: Path) -> None:
     """A versioned pipeline from a folder of labelled images to a trained Keras CNN.
 
     `dvc repro` runs the stages in order (ingest, prepare, train, evaluate) and
     only those whose inputs changed; each command below runs one stage by hand.
-    """
-    ctx.obj = params_path
+    """  # --params is read by _params, once, when a command needs it
 
 
 @cli.command("demo-data")

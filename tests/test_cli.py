@@ -680,3 +680,15 @@ def test_an_output_path_on_a_read_only_file_system_is_one_line_saying_what_to_do
         f"Error: Read-only file system: {read_only / 'interim'}; choose a path on a writable "
         "file system (see --help), then run the command again\n"
     )
+
+
+def test_a_broken_params_file_is_named_before_a_missing_input_folder(tmp_path):
+    # Before, `imgpipe train` with train.model: resnet50 and no data/processed said only
+    # that the folder does not exist.
+    params = write_params(tmp_path / "params.yaml", train={"model": "resnet50"})
+    result = invoke("--params", params, "train", "--processed", tmp_path / "nowhere")
+    assert result.exit_code == 2
+    assert "train.model = 'resnet50' is invalid" in result.output
+    assert "does not exist" not in result.output
+    shown = invoke("--params", params, "train", "--help")  # help needs no valid params
+    assert shown.exit_code == 0 and shown.output.startswith("Usage:")
