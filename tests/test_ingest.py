@@ -297,7 +297,7 @@ def verdicts_of(interim: store.Interim, found: scanning.Scan) -> dict[str, set[s
 
 def test_every_file_gets_exactly_the_one_verdict_it_deserves(messy):
     raw, expected = messy
-    interim = ingest.ingest(raw, GRAY)
+    interim = ingest.run(raw, raw.parent / "out", GRAY)
     assert verdicts_of(interim, scanning.scan(raw)) == expected
 
     reasons = {row.path: row.reason for row in interim.quarantine}
@@ -330,7 +330,7 @@ def test_a_named_pipe_is_quarantined_never_read(tmp_path):  # reading it waits f
     raw = make_dataset(tmp_path / "raw", per_class=2)
     os.mkfifo(raw / "mid" / "pipe.png")
     assert "mid/pipe.png" not in {candidate.path for candidate in scanning.scan(raw).candidates}
-    interim = ingest.ingest(raw, GRAY)
+    interim = ingest.run(raw, raw.parent / "out", GRAY)
     assert {row.path: row.reason for row in interim.quarantine} == {
         "mid/pipe.png": decoding.NOT_REGULAR
     }

@@ -38,6 +38,10 @@ def noise_interim(count: int, classes=("b", "a", "c"), seed: int = 0) -> store.I
     return store.Interim(images, rows, [], [], {})
 
 
+def ingested(photos) -> store.Interim:
+    return ingest.run(photos, photos.parent / "interim", RGB_INGEST)
+
+
 # --- the split ---------------------------------------------------------------------
 
 
@@ -127,13 +131,13 @@ def _copy_landing_in(source: bytes, split: str, settings: Prepare) -> bytes:
 def test_a_resized_reencoded_copy_always_shares_its_originals_split(
     photos, original_split, copy_split
 ):
-    first = prepare.prepare(ingest.ingest(photos, RGB_INGEST), SETTINGS)
+    first = prepare.prepare(ingested(photos), SETTINGS)
     assert first.report["near_duplicates"]["pairs"] == 0
     original = next(row for row in first.rows if row.split == original_split)
     copy = _copy_landing_in((photos / original.path).read_bytes(), copy_split, SETTINGS)
     (photos / "cats" / "zz-copy.jpg").write_bytes(copy)
 
-    grown = prepare.prepare(ingest.ingest(photos, RGB_INGEST), SETTINGS)
+    grown = prepare.prepare(ingested(photos), SETTINGS)
     rows = {row.path: row for row in grown.rows}
     together = "test"  # the more test-ward of the two
     assert rows[original.path].split == rows["cats/zz-copy.jpg"].split == together
@@ -148,7 +152,7 @@ def test_a_resized_reencoded_copy_always_shares_its_originals_split(
 
 
 def test_near_duplicate_grouping_can_be_turned_off(photos):
-    interim = ingest.ingest(photos, RGB_INGEST)
+    interim = ingested(photos)
     same = store.ManifestRow("dogs/same.png", "dogs", _hash(1), 1, 1, "PNG", "RGB")
     images = np.concatenate([interim.images, interim.images[:1]])
     interim = store.Interim(images, [*interim.manifest, same], [], [], {})
@@ -196,7 +200,7 @@ def test_pixels_stay_with_their_labels_in_every_split():
 
 
 def test_two_views_are_derived_from_the_same_ingested_image(photos):
-    interim = ingest.ingest(photos, RGB_INGEST)
+    interim = ingested(photos)
     views = [
         {"image_size": [64, 64], "color_mode": "grayscale"},
         {"image_size": [32, 32], "color_mode": "rgb"},

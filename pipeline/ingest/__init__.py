@@ -34,7 +34,8 @@ COMMIT_SECONDS = 0.5  # the most decoding work a killed run loses from the cache
 def run(
     raw: Path, out: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
 ) -> store.Interim:
-    """Ingest `raw` into `out`; a second ingest into the same `out` waits for the first."""
+    """Give every file under `raw` its verdict and write the outputs to `out`; they do not
+    depend on `workers` or the cache. A second ingest into the same `out` waits."""
     with store.exclusive(out, "ingest"):
         if cache_path is not None and not writable(cache_path):
             print(
@@ -44,34 +45,28 @@ def run(
                 file=sys.stderr,
             )
             cache_path = None
-        return _run_with_cache(raw, out, settings, workers, cache_path)
+        try:
+            return _write(raw, out, settings, workers, cache_path)
+        except sqlite3.DatabaseError as error:
+            if not is_damaged(error):  # busy past the timeout, read-only, full: not ours to fix
+                raise PipelineError(
+                    f"the decode cache {cache_path} cannot be used ({error}); run again with "
+                    "--no-cache or another --cache path, or after the ingest that holds it ends"
+                ) from None
+            # Only a cache: set it aside and do the work again with a new one.
+            aside = set_aside(cache_path)
+            print(
+                f"ingest: warning: the decode cache {cache_path} is damaged ({error}); "
+                f"moved it to {aside} and decoding every file again",
+                file=sys.stderr,
+            )
+            return _write(raw, out, settings, workers, cache_path)
 
 
-def _run_with_cache(
+def _write(
     raw: Path, out: Path, settings: Ingest, workers: int, cache_path: Path | None
 ) -> store.Interim:
-    try:
-        return _run(raw, out, settings, workers, cache_path)
-    except sqlite3.DatabaseError as error:
-        if not is_damaged(error):  # busy past the timeout, read-only, full: not ours to fix
-            raise PipelineError(
-                f"the decode cache {cache_path} cannot be used ({error}); run again with "
-                "--no-cache or another --cache path, or after the ingest that holds it ends"
-            ) from None
-        # Only a cache: set it aside and do the work again with a new one.
-        aside = set_aside(cache_path)
-        print(
-            f"ingest: warning: the decode cache {cache_path} is damaged ({error}); "
-            f"moved it to {aside} and decoding every file again",
-            file=sys.stderr,
-        )
-        return _run(raw, out, settings, workers, cache_path)
-
-
-def _run(
-    raw: Path, out: Path, settings: Ingest, workers: int, cache_path: Path | None
-) -> store.Interim:
-    interim, kept = _ingest(raw, settings, workers, cache_path)
+    interim, kept = _verdicts(raw, settings, workers, cache_path)
     if not interim.manifest:
         counts = ", ".join(f"{n} {v}" for v, n in interim.report["files"].items() if n)
         raise PipelineError(
@@ -88,18 +83,11 @@ def _run(
     return interim
 
 
-def ingest(
-    raw: Path, settings: Ingest, workers: int = 1, cache_path: Path | None = None
-) -> store.Interim:
-    """Give every file under `raw` its verdict; outputs do not depend on `workers` or the cache."""
-    return _ingest(raw, settings, workers, cache_path)[0]
-
-
-def _ingest(
+def _verdicts(
     raw: Path, settings: Ingest, workers: int, cache_path: Path | None
 ) -> tuple[store.Interim, Path | None]:
-    """`ingest`, and the cache's kept images.npy when it holds exactly the accepted images
-    in order (then nothing needs writing), else None."""
+    """Every file's verdict, and the cache's kept images.npy when it holds exactly the
+    accepted images in order (then nothing needs writing), else None."""
     found = scanning.scan(raw)
     key = settings_key(settings)
     # The cache knows files by absolute path, however the raw folder is reached.
@@ -130,7 +118,7 @@ def _ingest(
 def _decode_new(
     todo: list[str], settings: Ingest, cache: DecodeCache, workers: int
 ) -> dict[str, Decoded]:
-    """Examine files the stat signatures did not vouch for, with a progress bar."""
+    """Decode the files the stat signatures did not vouch for, with a progress bar."""
     from tqdm import tqdm  # only runs that decode pay for importing it
 
     results, fresh = {}, []
