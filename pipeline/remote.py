@@ -124,7 +124,10 @@ def _reason(error: BaseException, repo, remote: str, objects: list[str]) -> Reas
             return DENIED
         if isinstance(cause, OSError) and cause.errno in REASONS:
             return REASONS[cause.errno]
-        if type(cause).__module__.startswith("asyncssh") and cause.code == SFTP_FAILURE:
+        if (
+            type(cause).__module__.startswith("asyncssh")
+            and getattr(cause, "code", 0) == SFTP_FAILURE
+        ):
             return _ssh_disk(repo, remote, objects)
         cause = cause.__cause__ or cause.__context__
     return UNREACHABLE
