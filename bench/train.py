@@ -117,8 +117,13 @@ def quiet() -> dict:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
+def speeds(live: Path, name: str) -> list[float]:
+    """Every epoch's 'epoch_seconds' or 'images_per_second', as train wrote them."""
+    return [getattr(row, name) for row in store.read_epoch_speeds(live / "speed.csv")]
+
+
 def series(live: Path, name: str, split: str = "train") -> list[float]:
-    """One per-epoch figure as dvclive logged it ('epoch_seconds', ...; split 'train' or 'val')."""
+    """One per-epoch metric as dvclive logged it ('loss', 'accuracy'; split 'train' or 'val')."""
     with (live / "plots" / "metrics" / split / f"{name}.tsv").open() as file:
         return [float(row[name]) for row in csv.DictReader(file, delimiter="\t")]
 
@@ -210,10 +215,10 @@ def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) 
         for round_ in range(rounds):
             seconds = imgpipe(work / "params.yaml", work, "ingest", "prepare", "train", "evaluate")
             accuracy = json.loads((work / "results" / "metrics.json").read_text())["accuracy"]
-            rows["imgpipe"].append((seconds, series(live, "epoch_seconds"), accuracy))
+            rows["imgpipe"].append((seconds, speeds(live, "epoch_seconds"), accuracy))
             experiment = imgpipe(work / "second.yaml", work, "train", "evaluate")
             accuracy = json.loads((work / "results" / "metrics.json").read_text())["accuracy"]
-            rows["experiment"].append((experiment, series(live, "epoch_seconds"), accuracy))
+            rows["experiment"].append((experiment, speeds(live, "epoch_seconds"), accuracy))
             limits += bound(work / "processed", settings)
             if round_ == 0:
                 split_folders(work / "raw", work / "processed" / "splits.csv", work / "splits")
@@ -281,8 +286,8 @@ def per_model(
             (work / "params.yaml").write_text(yaml.safe_dump(params))
             imgpipe(work / "params.yaml", work, "train")
             ran_on = yaml.safe_load((work / "live" / "params.yaml").read_text())
-            speed = statistics.median(series(work / "live", "images_per_second")[1:])
-            epoch = statistics.median(series(work / "live", "epoch_seconds")[1:])
+            speed = statistics.median(speeds(work / "live", "images_per_second")[1:])
+            epoch = statistics.median(speeds(work / "live", "epoch_seconds")[1:])
             accuracy = series(work / "live", "accuracy", "val")[-1]  # after the last epoch
             rows.append((model, ran_on, speed, epoch, accuracy))
         # Only now: this process's backend may take the device's memory (jax on a GPU).

@@ -11,7 +11,14 @@ from pipeline.errors import PipelineError, one_line
 from pipeline.models import loss_for
 
 GALLERY_SIZE = 16  # the most confidently wrong test images drawn in errors.png
-OUTPUTS = ("predictions.csv", "roc.csv", "precision_recall.csv", "errors.png", "metrics.json")
+OUTPUTS = (
+    "classes.csv",
+    "predictions.csv",
+    "roc.csv",
+    "precision_recall.csv",
+    "errors.png",
+    "metrics.json",
+)
 
 
 def class_indices_of(labels: np.ndarray) -> np.ndarray:
@@ -26,46 +33,38 @@ def confidence_of(probabilities: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return probabilities[np.arange(len(indices)), indices]
 
 
-def per_class_scores(actual: np.ndarray, predicted: np.ndarray, names: list[str]) -> dict:
+def per_class_scores(
+    actual: np.ndarray, predicted: np.ndarray, names: list[str]
+) -> list[store.ClassScoreRow]:
     """Precision, recall, F1 and support of each class (0 where undefined)."""
-    scores = {}
+    scores = []
     for index, name in enumerate(names):
         hits = np.sum((predicted == index) & (actual == index))
         said, truly = np.sum(predicted == index), np.sum(actual == index)
         precision = hits / said if said else 0.0
         recall = hits / truly if truly else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        scores[name] = {
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "support": int(truly),
-        }
+        scores.append(
+            store.ClassScoreRow(name, float(precision), float(recall), float(f1), int(truly))
+        )
     return scores
 
 
 def curves(labels: np.ndarray, probabilities: np.ndarray, names: list[str]) -> tuple:
-    """ROC and precision-recall points, their areas and what they are of.
+    """ROC and precision-recall points, and the area under the ROC curve (None with one
+    class in the test split).
 
     With two classes the curves are the second class's (the positive one of a 0/1
     label); with more, every class against the rest pooled (micro-average).
     """
-    from sklearn.metrics import (
-        average_precision_score,
-        precision_recall_curve,
-        roc_auc_score,
-        roc_curve,
-    )
+    from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
     if labels.shape[1] <= 2:
-        of = names[1]
         truth, scores = labels[:, -1], probabilities[:, -1]
     else:
-        of = "each class against the rest (micro-average)"
         truth, scores = labels.ravel(), probabilities.ravel()
-    summary = {"of": of, "roc_auc": None, "average_precision": None}
     if len(np.unique(truth)) < 2:  # one class only in the test split: no curve exists
-        return [], [], summary
+        return [], [], None
     false_positive, true_positive, thresholds = roc_curve(truth, scores)
     roc = list(
         map(store.RocPoint, false_positive.tolist(), true_positive.tolist(), thresholds.tolist())
@@ -74,9 +73,7 @@ def curves(labels: np.ndarray, probabilities: np.ndarray, names: list[str]) -> t
     # The last point (recall 0, precision 1) has no threshold: above every score.
     thresholds = [*thresholds.tolist(), float("inf")]
     pr = list(map(store.PrecisionRecallPoint, recall.tolist(), precision.tolist(), thresholds))
-    summary["roc_auc"] = float(roc_auc_score(truth, scores))
-    summary["average_precision"] = float(average_precision_score(truth, scores))
-    return roc, pr, summary
+    return roc, pr, float(roc_auc_score(truth, scores))
 
 
 def worst_mistakes(rows: list[store.PredictionRow], count: int = GALLERY_SIZE) -> list[int]:
@@ -103,7 +100,12 @@ def errors_png(images: np.ndarray, rows: list[store.PredictionRow]) -> bytes:
 def evaluate(
     model: keras.Model, test: store.Split, names: list[str], paths: list[str]
 ) -> tuple[dict, list[store.PredictionRow], tuple]:
-    """The metrics, one prediction row per test image (in split order), and the curves."""
+    """The metrics DVC tracks, one score row per class, one prediction row per test image
+    (in split order), and the curves.
+
+    The tracked metrics are the few that people compare across experiments (a line of
+    `dvc metrics show` stays short whatever the number of classes); per-class scores
+    go to a table of their own."""
     batches = Batches(test, len(model.inputs), batch_size=256)
     predictions = model.predict(batches, verbose=0)
     labels = np.asarray(test.labels)
@@ -113,19 +115,20 @@ def evaluate(
     probabilities = predictions.astype(np.float64)
     predicted, actual = class_indices_of(probabilities), class_indices_of(labels)
     confidence = confidence_of(probabilities, predicted)
-    roc, pr, areas = curves(labels, probabilities, names)
+    roc, pr, roc_auc = curves(labels, probabilities, names)
+    scores = per_class_scores(actual, predicted, names)
     metrics = {
         "accuracy": float(np.mean(predicted == actual)),  # Keras' accuracy: argmax, or > 0.5
         "loss": float(keras.ops.convert_to_numpy(loss)),
+        "macro_f1": float(np.mean([row.f1 for row in scores])),
+        "roc_auc": roc_auc,
         "images": len(labels),
-        "classes": per_class_scores(actual, predicted, names),
-        "curves": areas,
     }
     rows = [
         store.PredictionRow(path, names[a], names[p], round(float(c), 6))
         for path, a, p, c in zip(paths, actual, predicted, confidence, strict=True)
     ]
-    return metrics, rows, (roc, pr)
+    return metrics, scores, rows, (roc, pr)
 
 
 def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) -> keras.Model:
@@ -165,8 +168,9 @@ def run(model_path: Path, processed: Path, out: Path) -> dict:
         row.path for row in store.read_split_rows(processed / "splits.csv") if row.split == "test"
     ]
     names = list(store.read_class_indices(processed))
-    metrics, rows, (roc, pr) = evaluate(model, test, names, paths)
+    metrics, scores, rows, (roc, pr) = evaluate(model, test, names, paths)
     store.clear_outputs(out, OUTPUTS)
+    store.write_class_scores(out / "classes.csv", scores)
     store.write_predictions(out / "predictions.csv", rows)
     store.write_curve(out / "roc.csv", store.RocPoint, roc)
     store.write_curve(out / "precision_recall.csv", store.PrecisionRecallPoint, pr)

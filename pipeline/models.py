@@ -1,9 +1,12 @@
 """The four Flatten CNNs of the seed article, built with backend-agnostic Keras 3.
 
-Every model takes uint8 pixels and scales them itself (a Rescaling layer), so
-stored data stays uint8 and prediction can never skip the scaling. The output
-layer follows the labels: one sigmoid unit for a 0/1 column, softmax over a
-one-hot encoding otherwise. Augmentation layers, when params ask for them, come
+Every model takes uint8 pixels and standardises them itself (a Normalization
+layer holding each channel's mean and variance over the training split), so
+stored data stays uint8 and prediction can never skip the scaling. Standardised
+inputs, not the article's pixels / 255, are what let the three narrow models
+learn at all (README, "The models", has the figures). The output layer follows
+the labels: one sigmoid unit for a 0/1 column, softmax over a one-hot encoding
+otherwise. Augmentation layers, when params ask for them, come
 right after the scaling; Keras runs them in training only.
 
 MODELS, at the end, is the one table of models: params validation, the tests
@@ -23,15 +26,42 @@ if TYPE_CHECKING:
     from pipeline.params import Augment
 
 
+# The article's 10 hidden units starve the three narrow models: with 10, a run often
+# ends with every unit dead and the loss at chance (README, "The models").
+HIDDEN = 64
+
+
+class Moments(NamedTuple):
+    """Each channel's mean and variance of one input's pixels (0-255) over the training split."""
+
+    mean: tuple[float, ...]
+    variance: tuple[float, ...]
+
+
+def uniform_moments(channels: int) -> Moments:
+    """The moments of pixels spread evenly over 0-255: for a model built before any data."""
+    return Moments((127.5,) * channels, (127.5**2 / 3,) * channels)
+
+
+class _Input(NamedTuple):
+    shape: tuple[int, int, int]
+    moments: Moments
+
+
 def build_model(
     name: str,
     input_shapes: list[tuple[int, int, int]],
     units: int,
     augment: Augment | None = None,
+    moments: list[Moments] | None = None,
 ) -> keras.Model:
-    """Build (uncompiled) the model `name` for (H, W, C) uint8 inputs and `units` outputs."""
+    """Build (uncompiled) the model `name` for (H, W, C) uint8 inputs and `units` outputs,
+    standardising each input by its `moments` (train passes the training split's)."""
     model = MODELS[name]
-    return model.build(*input_shapes[: model.inputs], units=units, augment=augment)
+    shapes = input_shapes[: model.inputs]
+    moments = moments or [uniform_moments(shape[-1]) for shape in shapes]
+    inputs = [_Input(shape, m) for shape, m in zip(shapes, moments, strict=False)]
+    return model.build(*inputs, units=units, augment=augment)
 
 
 def _augmentation(augment: Augment | None) -> list[keras.layers.Layer]:
@@ -49,13 +79,21 @@ def _augmentation(augment: Augment | None) -> list[keras.layers.Layer]:
     return chosen
 
 
-def _scaled(inputs, augment: Augment | None):
+def _standardised(given: _Input) -> keras.layers.Normalization:
     from keras import layers
 
-    x = layers.Rescaling(1 / 255)(inputs)
+    return layers.Normalization(mean=given.moments.mean, variance=given.moments.variance)
+
+
+def _scaled(given: _Input, augment: Augment | None):
+    """The model's uint8 input, standardised and augmented: (input, tensor to build on)."""
+    import keras
+
+    inputs = keras.Input(shape=given.shape, dtype="uint8")
+    x = _standardised(given)(inputs)
     for layer in _augmentation(augment):
         x = layer(x)
-    return x
+    return inputs, x
 
 
 def _output(units: int) -> keras.layers.Dense:
@@ -66,14 +104,14 @@ def _output(units: int) -> keras.layers.Dense:
     return layers.Dense(units, activation=activation, dtype="float32", name="output")
 
 
-def _sequential(input_shape, units, augment) -> keras.Model:
+def _sequential(given: _Input, units, augment) -> keras.Model:
     import keras
     from keras import layers
 
     return keras.Sequential(
         [
-            keras.Input(shape=input_shape, dtype="uint8"),
-            layers.Rescaling(1 / 255),
+            keras.Input(shape=given.shape, dtype="uint8"),
+            _standardised(given),
             *_augmentation(augment),
             layers.Conv2D(32, 3, activation="relu"),
             layers.MaxPooling2D(2),
@@ -87,39 +125,37 @@ def _sequential(input_shape, units, augment) -> keras.Model:
     )
 
 
-def _functional(input_shape, units, augment) -> keras.Model:
+def _functional(given: _Input, units, augment) -> keras.Model:
     import keras
     from keras import layers
 
-    inputs = keras.Input(shape=input_shape, dtype="uint8")
-    x = _scaled(inputs, augment)
+    inputs, x = _scaled(given, augment)
     x = layers.Conv2D(32, 4, activation="relu")(x)
     x = layers.MaxPooling2D(2)(x)
     x = layers.Conv2D(16, 4, activation="relu")(x)
     x = layers.MaxPooling2D(2)(x)
     x = layers.Flatten()(x)
-    x = layers.Dense(10, activation="relu")(x)
+    x = layers.Dense(HIDDEN, activation="relu")(x)
     return keras.Model(inputs, _output(units)(x), name="functional")
 
 
-def _shared_input(input_shape, units, augment) -> keras.Model:
+def _shared_input(given: _Input, units, augment) -> keras.Model:
     """Two branches with different kernel sizes read the same input."""
     import keras
     from keras import layers
 
-    inputs = keras.Input(shape=input_shape, dtype="uint8")
-    scaled = _scaled(inputs, augment)
+    inputs, scaled = _scaled(given, augment)
     branches = []
     for filters, kernel_size in ((32, 4), (16, 8)):
         x = layers.Conv2D(filters, kernel_size, activation="relu")(scaled)
         x = layers.MaxPooling2D(2)(x)
         branches.append(layers.Flatten()(x))
     x = layers.Concatenate()(branches)
-    x = layers.Dense(10, activation="relu")(x)
+    x = layers.Dense(HIDDEN, activation="relu")(x)
     return keras.Model(inputs, _output(units)(x), name="shared_input")
 
 
-def _multi_input(gray_shape, colour_shape, units, augment) -> keras.Model:
+def _multi_input(gray: _Input, colour: _Input, units, augment) -> keras.Model:
     """Two views of the same image, each through its own convolutions, then merged.
 
     Each view is augmented on its own draw, so a flip may differ between them.
@@ -127,18 +163,18 @@ def _multi_input(gray_shape, colour_shape, units, augment) -> keras.Model:
     import keras
     from keras import layers
 
-    inputs = [keras.Input(shape=shape, dtype="uint8") for shape in (gray_shape, colour_shape)]
-    branches = []
-    for view in inputs:
-        x = _scaled(view, augment)
+    inputs, branches = [], []
+    for view in (gray, colour):
+        view_input, x = _scaled(view, augment)
+        inputs.append(view_input)
         x = layers.Conv2D(32, 4, activation="relu")(x)
         x = layers.MaxPooling2D(2)(x)
         x = layers.Conv2D(16, 4, activation="relu")(x)
         x = layers.MaxPooling2D(2)(x)
         branches.append(layers.Flatten()(x))
     x = layers.Concatenate()(branches)
-    x = layers.Dense(10, activation="relu")(x)
-    x = layers.Dense(10, activation="relu")(x)
+    x = layers.Dense(HIDDEN, activation="relu")(x)
+    x = layers.Dense(HIDDEN, activation="relu")(x)
     return keras.Model(inputs, _output(units)(x), name="multi_input")
 
 
@@ -180,18 +216,19 @@ MODELS = {
         "Conv2D(32,3)→MaxPool(2)→Conv2D(32,3)→MaxPool(2)→Flatten→Dense(128)→out",
     ),
     "functional": Model(
-        _functional, 1, "Conv2D(32,4)→MaxPool→Conv2D(16,4)→MaxPool→Flatten→Dense(10)→out"
+        _functional, 1, f"Conv2D(32,4)→MaxPool→Conv2D(16,4)→MaxPool→Flatten→Dense({HIDDEN})→out"
     ),
     "shared_input": Model(
         _shared_input,
         1,
         "two branches on one input, Conv2D(32,4) and Conv2D(16,8), each →MaxPool→Flatten, "
-        "concatenated→Dense(10)→out",
+        f"concatenated→Dense({HIDDEN})→out",
     ),
     "multi_input": Model(
         _multi_input,
         2,
         "two views of each image (64×64 gray and 32×32 colour by default), each "
-        "Conv2D(32,4)→MaxPool→Conv2D(16,4)→MaxPool→Flatten, concatenated→Dense(10)→Dense(10)→out",
+        f"Conv2D(32,4)→MaxPool→Conv2D(16,4)→MaxPool→Flatten, concatenated→Dense({HIDDEN})→"
+        f"Dense({HIDDEN})→out",
     ),
 }

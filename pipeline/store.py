@@ -79,6 +79,26 @@ class PredictionRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassScoreRow:
+    """One class's scores on the test split."""
+
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int  # test images of the class
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochSpeedRow:
+    """How fast one epoch trained; not a DVC metric, since it changes with the machine."""
+
+    step: int
+    epoch_seconds: float
+    images_per_second: float
+
+
+@dataclasses.dataclass(frozen=True)
 class RocPoint:
     false_positive_rate: float
     true_positive_rate: float
@@ -222,6 +242,18 @@ def read_class_indices(folder: Path) -> dict[str, int]:
 
 def write_predictions(path: Path, rows: list[PredictionRow]) -> None:
     _write_rows(path, PredictionRow, rows)
+
+
+def write_class_scores(path: Path, rows: list[ClassScoreRow]) -> None:
+    _write_rows(path, ClassScoreRow, rows)
+
+
+def write_epoch_speeds(path: Path, rows: list[EpochSpeedRow]) -> None:
+    _write_rows(path, EpochSpeedRow, rows)
+
+
+def read_epoch_speeds(path: Path) -> list[EpochSpeedRow]:
+    return _read_rows(path, EpochSpeedRow)
 
 
 def write_curve(path: Path, point_type: type, points: list) -> None:
@@ -380,6 +412,8 @@ TABLES = {
     DuplicateRow: "duplicates.csv",
     SplitRow: "splits.csv",
     PredictionRow: "predictions.csv",
+    ClassScoreRow: "classes.csv",
+    EpochSpeedRow: "speed.csv",
     RocPoint: "roc.csv",
     PrecisionRecallPoint: "precision_recall.csv",
 }

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
+import numpy as np
 
 from pipeline import distribute, figures, store
 from pipeline.batches import Batches
-from pipeline.models import build_model, compile_model
+from pipeline.models import Moments, build_model, compile_model
 from pipeline.params import Params
 
 if TYPE_CHECKING:  # imported where it is used
@@ -25,8 +26,12 @@ if TYPE_CHECKING:  # imported where it is used
 
 
 class LiveLogger(keras.callbacks.Callback):
-    """Log what trains (backend, device, versions) and every epoch's metrics, its training
-    time and images per second to dvclive; say on stdout what trains.
+    """Log what trains (backend, device, versions) and every epoch's metrics to dvclive,
+    and keep every epoch's metrics, training time and images per second; say on stdout
+    what trains.
+
+    The times stay out of dvclive's metrics: DVC would track them, and retraining to the
+    same weights would then show as a change in `dvc metrics diff`.
 
     dvclive ships a Keras callback, but it subclasses tf.keras and imports
     TensorFlow, which would tie training to one backend.
@@ -36,6 +41,8 @@ class LiveLogger(keras.callbacks.Callback):
         super().__init__()
         self.live, self.images, self.replicas = live, images_per_epoch, replicas
         self.started = self.trained = None
+        self.epochs: list[dict] = []
+        self.speeds: list[store.EpochSpeedRow] = []
 
     def on_train_begin(self, logs=None):
         ran_on = environment(self.replicas)
@@ -56,12 +63,9 @@ class LiveLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = self.trained or self._now() - self.started
-        logs = {
-            **(logs or {}),
-            "epoch_seconds": seconds,
-            "images_per_second": self.images / seconds,
-        }
-        for name, value in logs.items():
+        self.speeds.append(store.EpochSpeedRow(epoch, seconds, self.images / seconds))
+        self.epochs.append(dict(logs or {}))
+        for name, value in (logs or {}).items():
             # "val_loss" -> "val/loss", "loss" -> "train/loss": one plot file per split.
             if name.startswith("val_"):
                 name = "val/" + name.removeprefix("val_")
@@ -74,6 +78,45 @@ class LiveLogger(keras.callbacks.Callback):
         # jax and torch return before the device has finished: wait for the weights first.
         keras.ops.convert_to_numpy(self.model.trainable_weights[-1])
         return time.perf_counter()
+
+
+# How close to the chance level a run's best training loss may stay, and its best
+# validation accuracy to the largest class's share, for the run to count as learning.
+CHANCE_MARGIN = 0.03
+MAJORITY_MARGIN = 0.01
+
+
+def class_counts(labels: np.ndarray) -> np.ndarray:
+    """Images per class of (N, 1) 0/1 or (N, K) one-hot labels."""
+    if labels.shape[1] == 1:
+        ones = float(np.sum(labels))
+        return np.array([len(labels) - ones, ones])
+    return np.asarray(labels).sum(axis=0)
+
+
+def chance_loss(counts: np.ndarray) -> float:
+    """The cross-entropy of a model that learned only how often each class occurs: the
+    entropy of the class frequencies (ln K for K balanced classes)."""
+    shares = counts[counts > 0] / counts.sum()
+    return float(-np.sum(shares * np.log(shares)))
+
+
+def nothing_learned(epochs: list[dict], train_counts, val_counts) -> str | None:
+    """Why a run learned nothing, or None when it learned: its best training loss stayed
+    at the chance level, or its best validation accuracy at the largest class's share."""
+    chance = chance_loss(train_counts)
+    best_loss = min(epoch["loss"] for epoch in epochs)
+    if best_loss >= chance * (1 - CHANCE_MARGIN):
+        return f"training loss {best_loss:.3f} stayed at the chance level {chance:.3f}"
+    if "val_accuracy" in epochs[0] and val_counts.sum():
+        majority = float(val_counts.max() / val_counts.sum())
+        best = max(epoch["val_accuracy"] for epoch in epochs)
+        if best <= majority + MAJORITY_MARGIN:
+            return (
+                f"validation accuracy {best:.3f} stayed at the share of its largest class "
+                f"({majority:.3f})"
+            )
+    return None
 
 
 def device_kind() -> str:
@@ -126,8 +169,9 @@ def train(
             f"= {settings.steps_per_execution}, that divides the {steps} batches of an epoch",
             flush=True,
         )
+    moments = [channel_moments(view) for view in train_split.views]
     with distribution.scope():
-        model = build_model(settings.model, shapes, units, settings.augment)
+        model = build_model(settings.model, shapes, units, settings.augment, moments)
         compile_model(model, units, settings.learning_rate, execution)
     inputs = len(model.inputs)
     if shard[1] > 1:  # validation too in whole global batches, split evenly
@@ -167,6 +211,23 @@ def train(
     return model
 
 
+def channel_moments(pixels: np.ndarray, chunk_bytes: int = 64 << 20) -> Moments:
+    """Each channel's mean and variance over (N, H, W, C) uint8 pixels, read a chunk of
+    images at a time from the memory-mapped split: O(N) time, O(chunk) memory."""
+    channels = pixels.shape[-1]
+    total, squares = np.zeros(channels), np.zeros(channels)
+    step = max(1, chunk_bytes // pixels[0].nbytes)
+    for start in range(0, len(pixels), step):
+        chunk = np.asarray(pixels[start : start + step], np.float64).reshape(-1, channels)
+        total += chunk.sum(axis=0)
+        squares += np.square(chunk).sum(axis=0)
+    count = len(pixels) * pixels.shape[1] * pixels.shape[2]  # prepare never leaves train empty
+    mean = total / count
+    # Floored: a constant channel (a blank view) must not divide by zero.
+    variance = np.maximum(squares / count - np.square(mean), 1.0)
+    return Moments(tuple(mean.tolist()), tuple(variance.tolist()))
+
+
 def steps_per_execution(setting: int, steps: int) -> int:
     """The most batches per call into the backend, at most `setting`, that divide an epoch
     of `steps` batches. Keras runs whole calls of that many batches, so with any other
@@ -184,6 +245,9 @@ def architecture_png(model: keras.Model, path: Path) -> str | None:
         problem = "plot_model needs graphviz: install it (apt install graphviz) and train again"
         store.write_bytes(path, figures.message(problem))
         return problem
+
+
+SPEEDS = "speed.csv"  # every epoch's time and images per second, beside dvclive's files
 
 
 def run(
@@ -215,10 +279,23 @@ def _train_and_save(
     # Before training, not after: an interrupted run then leaves no model beside its metrics.
     beside = store.beside_model(model_path)
     store.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
+    store.clear_outputs(live_dir, [SPEEDS])
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
         logger = LiveLogger(live, len(train_split.labels), distribution.replicas)
         model = train(train_split, val_split, params, [logger], distribution)
+        why = nothing_learned(
+            logger.epochs, class_counts(train_split.labels), class_counts(val_split.labels)
+        )
+        live.summary["learned"] = why is None  # a column of `dvc exp show`
+    store.write_epoch_speeds(live_dir / SPEEDS, logger.speeds)
+    if why:
+        print(
+            f"train: warning: this run learned nothing ({why}): try a lower "
+            "train.learning_rate, more train.epochs or train.model: sequential, and check "
+            "that each class folder holds its class",
+            file=sys.stderr,
+        )
     with store.atomic_path(model_path, suffix=".keras") as temporary:
         model.save(temporary)
     lines = []

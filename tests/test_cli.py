@@ -29,6 +29,7 @@ from pipeline.ingest import decode as decoding
 from pipeline.train import device_kind
 from tests.conftest import (
     BIN,
+    CLASS_LEVELS,
     FAST,
     REPO,
     deadline,
@@ -143,9 +144,11 @@ def test_the_stages_by_hand_write_every_output(project):
     assert outputs["train"].startswith(said)
 
     live = json.loads((paths["live"] / "metrics.json").read_text())
-    assert set(live["train"]) == {"loss", "accuracy", "epoch_seconds", "images_per_second"}
-    assert set(live["val"]) == {"loss", "accuracy"}
-    assert live["train"]["images_per_second"] > 0
+    # Only what people compare: no timing, which would differ on every retraining.
+    assert set(live) == {"train", "val", "step", "learned"}
+    assert set(live["train"]) == set(live["val"]) == {"loss", "accuracy"}
+    speeds = store.read_epoch_speeds(paths["live"] / "speed.csv")
+    assert [row.step for row in speeds] == [0] and speeds[0].images_per_second > 0
     assert (paths["live"] / "plots" / "metrics" / "val" / "loss.tsv").is_file()
     ran_on = yaml.safe_load((paths["live"] / "params.yaml").read_text())
     assert ran_on["backend"] == "tensorflow" and ran_on["device"] == "cpu"
@@ -153,6 +156,7 @@ def test_the_stages_by_hand_write_every_output(project):
     assert set(ran_on["versions"]) == {"keras", "tensorflow", "numpy", "dvc"}
 
     metrics = json.loads((paths["results"] / "metrics.json").read_text())
+    assert set(metrics) == {"accuracy", "loss", "macro_f1", "roc_auc", "images"}
     test_split = store.read_split(paths["processed"], "test")
     assert metrics["images"] == len(test_split.labels) > 0
     assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
@@ -161,14 +165,17 @@ def test_the_stages_by_hand_write_every_output(project):
     assert len(rows) == metrics["images"]
     test_rows = store.read_split_rows(paths["processed"] / "splits.csv")
     assert [r["path"] for r in rows] == [r.path for r in test_rows if r.split == "test"]
-    for name, scores in metrics["classes"].items():
-        support = sum(row["actual"] == name for row in rows)
-        hits = sum(row["actual"] == row["predicted"] == name for row in rows)
-        assert scores["support"] == support
-        assert scores["recall"] == pytest.approx(hits / support if support else 0.0)
-    # Three classes: the curves pool each class against the rest.
-    assert metrics["curves"]["of"].startswith("each class against the rest")
-    assert 0 <= metrics["curves"]["roc_auc"] <= 1
+    with (paths["results"] / "classes.csv").open() as file:
+        scores = list(csv.DictReader(file))
+    assert [row["label"] for row in scores] == sorted(CLASS_LEVELS)
+    for row in scores:
+        support = sum(r["actual"] == row["label"] for r in rows)
+        hits = sum(r["actual"] == r["predicted"] == row["label"] for r in rows)
+        assert int(row["support"]) == support
+        assert float(row["recall"]) == pytest.approx(hits / support if support else 0.0)
+    f1 = np.mean([float(row["f1"]) for row in scores])
+    assert metrics["macro_f1"] == pytest.approx(f1)
+    assert 0 <= metrics["roc_auc"] <= 1
     roc = (paths["results"] / "roc.csv").read_text().splitlines()
     assert roc[0] == "false_positive_rate,true_positive_rate,threshold" and len(roc) > 2
     assert (paths["results"] / "errors.png").read_bytes().startswith(PNG)
@@ -481,6 +488,21 @@ def test_predict_refuses_a_model_for_other_input_shapes_before_decoding(
     assert result.exit_code == 1
     assert "takes inputs of shape [(32, 32, 1)]" in result.output
     assert decoded == []
+
+
+def test_a_run_that_learned_nothing_says_so_and_records_it(project, tmp_path):
+    paths, _, _ = project
+    params = write_params(tmp_path / "params.yaml", **{**FAST, "train": {
+        **FAST["train"], "learning_rate": 1e-9}})  # fmt: skip
+    live = tmp_path / "live"
+    command = [BIN / "imgpipe", "--params", params, "train", "--processed", paths["processed"],
+               "--model-out", tmp_path / "model.keras", "--live-dir", live]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "learned nothing" in line]
+    assert len(warnings) == 1 and "chance level" in warnings[0]
+    assert "train.learning_rate" in warnings[0]
+    assert json.loads((live / "metrics.json").read_text())["learned"] is False
 
 
 def _train_and_evaluate(project, folder, env=None) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import cli, evaluate, store
+from pipeline import cli, evaluate, store, train
 from pipeline.params import Params
 from tests.conftest import REPO
 
@@ -46,6 +46,7 @@ def test_stage_outputs_are_exactly_what_the_commands_write():
     }
     assert _paths(STAGES["train"]["plots"]) == [
         f"{cli.LIVE.as_posix()}/plots/metrics",
+        f"{cli.LIVE.as_posix()}/{train.SPEEDS}",
         beside["architecture"].as_posix(),
     ]
     evaluation = [f"{cli.EVALUATION.as_posix()}/{name}" for name in evaluate.OUTPUTS]

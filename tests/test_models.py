@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.models import MODELS, build_model, compile_model
+from pipeline.models import HIDDEN, MODELS, Moments, build_model, compile_model
 from pipeline.params import Augment
 from tests.conftest import REPO
 
@@ -32,9 +32,8 @@ def test_models_build_scale_their_input_and_fit_the_labels(name, units):
 def test_the_sequential_body_is_the_articles():
     model = build_model("sequential", [(64, 64, 1)], 10)
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds == [
-        "Rescaling", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"
-    ]  # fmt: skip
+    assert kinds == ["Normalization", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D",
+                     "Flatten", "Dense", "Dense"]  # fmt: skip
     assert [layer.filters for layer in model.layers if hasattr(layer, "filters")] == [32, 32]
 
 
@@ -49,7 +48,7 @@ def test_multi_input_reads_a_gray_and_a_colour_view():
     model = build_model("multi_input", [(64, 64, 1), (32, 32, 3)], 1)
     assert [tuple(i.shape[1:]) for i in model.inputs] == [(64, 64, 1), (32, 32, 3)]
     dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    assert dense == [10, 10, 1]
+    assert dense == [HIDDEN, HIDDEN, 1]
 
 
 def test_compiled_loss_follows_the_label_encoding():
@@ -63,7 +62,7 @@ def test_augmentation_changes_images_in_training_only():
     augment = Augment(horizontal_flip=True, zoom=0.3, shift=0.2)
     model = build_model("functional", [(32, 32, 1)], 3, augment)
     kinds = [type(layer).__name__ for layer in model.layers][:5]
-    assert kinds == ["InputLayer", "Rescaling", "RandomFlip", "RandomZoom", "RandomTranslation"]
+    assert kinds == ["InputLayer", "Normalization", "RandomFlip", "RandomZoom", "RandomTranslation"]
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1), np.uint8)
     inference = [np.asarray(model(pixels, training=False)) for _ in range(2)]
     np.testing.assert_array_equal(*inference)
@@ -84,8 +83,12 @@ def test_the_readme_model_table_is_the_registry():
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_every_model_scales_each_of_its_inputs_by_1_over_255_itself(name):
-    model = build_model(name, [GRAY, COLOUR], 3)
-    scalings = [layer for layer in model.layers if isinstance(layer, keras.layers.Rescaling)]
-    assert len(scalings) == MODELS[name].inputs  # one per input, none skipped
-    assert all(layer.scale == pytest.approx(1 / 255) and layer.offset == 0 for layer in scalings)
+def test_every_model_standardises_each_of_its_inputs_by_the_moments_given(name):
+    moments = [Moments((100.0,), (400.0,)), Moments((10.0, 20.0, 30.0), (4.0, 9.0, 16.0))]
+    model = build_model(name, [GRAY, COLOUR], 3, moments=moments)
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Normalization)]
+    assert len(layers) == MODELS[name].inputs  # one per input, none skipped
+    for layer, given in zip(layers, moments, strict=False):
+        pixels = np.full((1, 2, 2, len(given.mean)), 120, np.uint8)
+        expected = (120 - np.array(given.mean)) / np.sqrt(given.variance)
+        np.testing.assert_allclose(np.asarray(layer(pixels))[0, 0, 0], expected, rtol=1e-5)

@@ -12,7 +12,7 @@ from pipeline import store
 from pipeline.batches import Batches
 from pipeline.models import MODELS
 from pipeline.params import EarlyStopping, Params
-from pipeline.train import dtype_policy, train
+from pipeline.train import chance_loss, channel_moments, dtype_policy, nothing_learned, train
 from tests.conftest import REPO, default_params
 
 
@@ -178,6 +178,13 @@ def test_every_model_trains_an_epoch_on_tiny_data(tmp_path, model, classes):
     assert epochs.count == 1
     assert trained.output_shape == (None, 1 if classes == 2 else classes)
     assert len(trained.inputs) == MODELS[model].inputs
+    # Each input is standardised on the training split: mean 0, variance 1 there.
+    norms = [layer for layer in trained.layers if isinstance(layer, keras.layers.Normalization)]
+    views = store.read_split(tmp_path, "train").views
+    for layer, view in zip(norms, views, strict=False):
+        standardised = np.asarray(layer(np.asarray(view))).reshape(-1, view.shape[-1])
+        np.testing.assert_allclose(standardised.mean(axis=0), 0, atol=1e-4)
+        np.testing.assert_allclose(standardised.var(axis=0), 1, atol=1e-3)
 
 
 @pytest.mark.slow
@@ -229,3 +236,34 @@ def test_restore_best_weights_ends_with_the_best_epochs_weights(tmp_path, restor
     assert best < len(every.val_losses) - 1  # stopped after epochs without a better val loss
     expected = every.weights[best] if restore else every.weights[-1]
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), expected, strict=True))
+
+
+def test_nothing_learned_names_a_loss_at_chance_or_a_validation_at_the_largest_class():
+    balanced, skewed = np.array([10, 10, 10]), np.array([90, 10])
+    assert chance_loss(balanced) == pytest.approx(np.log(3))
+    assert chance_loss(skewed) == pytest.approx(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)))
+    learning = [{"loss": 1.2, "val_accuracy": 0.4}, {"loss": 0.4, "val_accuracy": 0.9}]
+    assert nothing_learned(learning, balanced, balanced) is None
+    stuck = [{"loss": 1.10, "val_accuracy": 0.34}, {"loss": 1.09, "val_accuracy": 0.35}]
+    assert "training loss 1.090 stayed at the chance level 1.099" in nothing_learned(
+        stuck, balanced, balanced
+    )
+    # Below ln 2, but at the entropy of a 90/10 balance: it learned the balance only.
+    assert "chance level 0.325" in nothing_learned([{"loss": 0.33}], skewed, skewed)
+    # The loss fell, but validation never beat always answering the largest class.
+    majority = [{"loss": 0.2, "val_accuracy": 0.9}]
+    assert "largest class (0.900)" in nothing_learned(majority, balanced, skewed)
+    assert nothing_learned([{"loss": 0.2, "val_accuracy": 0.95}], balanced, skewed) is None
+
+
+def test_channel_moments_are_the_splits_read_a_chunk_at_a_time(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (37, 5, 4, 3), np.uint8) // np.array([1, 2, 4], np.uint8)
+    np.save(tmp_path / "view.npy", pixels)
+    mapped = np.load(tmp_path / "view.npy", mmap_mode="r")
+    moments = channel_moments(mapped, chunk_bytes=5 * 4 * 3 * 8)  # 8 images a chunk
+    flat = pixels.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(moments.mean, flat.mean(axis=0))
+    np.testing.assert_allclose(moments.variance, flat.var(axis=0))
+    blank = channel_moments(np.zeros((4, 2, 2, 1), np.uint8))
+    assert blank.variance == (1.0,)  # floored: a constant channel never divides by zero
