@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument("--epochs", type=int, help="[default: params.yaml's]")
     args = parser.parse_args()
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a folder of class folders")
     defaults = yaml.safe_load((REPO / "params.yaml").read_text())
     if args.epochs:
         defaults["train"]["epochs"] = args.epochs
