@@ -190,7 +190,7 @@ def ingest(
     type=_folder(exists=False),
     default=PREPARE_REPORT,
     show_default=True,
-    help="Where to write report.json (DVC metrics) and the class-balance and sample plots.",
+    help="Where to write report.json (split counts, near-duplicates) and the plots.",
 )
 @click.pass_context
 def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> None:

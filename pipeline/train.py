@@ -284,10 +284,13 @@ def _train_and_save(
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
         logger = LiveLogger(live, len(train_split.labels), distribution.replicas)
         model = train(train_split, val_split, params, [logger], distribution)
-        why = nothing_learned(
-            logger.epochs, class_counts(train_split.labels), class_counts(val_split.labels)
-        )
-        live.summary["learned"] = why is None  # a column of `dvc exp show`
+    why = nothing_learned(
+        logger.epochs, class_counts(train_split.labels), class_counts(val_split.labels)
+    )
+    # The tracked metrics: the last epoch's, and whether the run learned (a column of
+    # `dvc exp show`); dvclive's last step goes, to keep `dvc metrics show` in 160 columns.
+    tracked = {name: value for name, value in live.summary.items() if name != "step"}
+    store.write_json(Path(live.metrics_file), {**tracked, "learned": why is None})
     store.write_epoch_speeds(live_dir / SPEEDS, logger.speeds)
     if why:
         print(

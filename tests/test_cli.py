@@ -145,7 +145,7 @@ def test_the_stages_by_hand_write_every_output(project):
 
     live = json.loads((paths["live"] / "metrics.json").read_text())
     # Only what people compare: no timing, which would differ on every retraining.
-    assert set(live) == {"train", "val", "step", "learned"}
+    assert set(live) == {"train", "val", "learned"}
     assert set(live["train"]) == set(live["val"]) == {"loss", "accuracy"}
     speeds = store.read_epoch_speeds(paths["live"] / "speed.csv")
     assert [row.step for row in speeds] == [0] and speeds[0].images_per_second > 0

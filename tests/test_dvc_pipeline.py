@@ -1,13 +1,22 @@
 """`dvc repro` on the real dvc.yaml, in a temporary git + DVC repository."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
 import yaml
 
 from pipeline.diff import CHANGES
-from tests.conftest import BIN, dvc_env, image_bytes, new_project, ran_stages, write_params
+from tests.conftest import (
+    BIN,
+    dvc_env,
+    image_bytes,
+    make_dataset,
+    new_project,
+    ran_stages,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -142,3 +151,18 @@ def test_an_experiment_on_training_params_decodes_no_image_and_is_listed(repo):
     )
     assert baseline["params"]["params.yaml"]["data"]["train"]["model"] == "sequential"
     assert "results/evaluate/metrics.json" in baseline["metrics"]
+
+
+def test_metrics_show_fits_160_columns_with_ten_classes_and_retraining_changes_none(repo):
+    raw = repo / "data" / "raw"
+    shutil.rmtree(raw)
+    make_dataset(raw, per_class=8, classes={f"class_{i}": 25 * i for i in range(10)})
+    run(repo, BIN / "dvc", "repro")
+    shown = run(repo, BIN / "dvc", "metrics", "show").splitlines()
+    assert max(map(len, shown)) <= 160, "\n".join(shown)
+    assert {"accuracy", "loss", "macro_f1", "roc_auc", "images", "learned"} <= set(shown[0].split())
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "ten classes")
+    for stage in ("train", "evaluate"):  # the same weights again: no timing is tracked
+        run(repo, BIN / "dvc", "repro", "--force", "--single-item", stage)
+    assert run(repo, BIN / "dvc", "metrics", "diff").strip() == ""
