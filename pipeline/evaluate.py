@@ -14,6 +14,7 @@ GALLERY_SIZE = 16  # the most confidently wrong test images drawn in errors.png
 OUTPUTS = (
     "classes.csv",
     "predictions.csv",
+    "confusion.png",
     "roc.csv",
     "precision_recall.csv",
     "errors.png",
@@ -97,6 +98,40 @@ def errors_png(images: np.ndarray, rows: list[store.PredictionRow]) -> bytes:
     return figures.image_grid(cells, "Most confidently wrong test images", cell_titles=titles)
 
 
+def confusion_counts(rows: list[store.PredictionRow], names: list[str]) -> np.ndarray:
+    """(K, K) int: how many test images of each actual class (row) were predicted as each
+    class (column)."""
+    index = {name: i for i, name in enumerate(names)}
+    counts = np.zeros((len(names), len(names)), np.int64)
+    np.add.at(counts, ([index[r.actual] for r in rows], [index[r.predicted] for r in rows]), 1)
+    return counts
+
+
+def confusion_png(rows: list[store.PredictionRow], names: list[str]) -> bytes:
+    return figures.png(confusion_figure(confusion_counts(rows, names), names))
+
+
+def confusion_figure(counts: np.ndarray, names: list[str]):
+    """The confusion matrix as shaded cells, each with its count written in it: a picture
+    beside DVC's interactive one (of predictions.csv) that reads without hovering."""
+    cell = max(0.45, 3 / len(names))  # inches: 2 classes fill 3 in, 20 take 9 in
+    figure = figures.new_figure(cell * len(names) + 2.2, cell * len(names) + 1.8)
+    axes = figure.subplots()
+    image = axes.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, counts.max()))
+    for (row, column), count in np.ndenumerate(counts):
+        red, green, blue, _ = image.cmap(image.norm(count))
+        dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # perceived lightness
+        axes.text(column, row, str(count), ha="center", va="center",
+                  fontsize=min(14, 20 * cell), color="white" if dark else "black")  # fmt: skip
+    positions = range(len(names))
+    axes.set_xticks(positions, names, rotation=45, ha="right", rotation_mode="anchor")
+    axes.set_yticks(positions, names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("actual")
+    axes.set_title(f"Confusion matrix of the {counts.sum()} test images")
+    return figure
+
+
 def evaluate(
     model: keras.Model, test: store.Split, names: list[str], paths: list[str]
 ) -> tuple[dict, list[store.PredictionRow], tuple]:
@@ -172,6 +207,7 @@ def run(model_path: Path, processed: Path, out: Path) -> dict:
     store.clear_outputs(out, OUTPUTS)
     store.write_class_scores(out / "classes.csv", scores)
     store.write_predictions(out / "predictions.csv", rows)
+    store.write_bytes(out / "confusion.png", confusion_png(rows, names))
     store.write_curve(out / "roc.csv", store.RocPoint, roc)
     store.write_curve(out / "precision_recall.csv", store.PrecisionRecallPoint, pr)
     store.write_bytes(out / "errors.png", errors_png(test.views[0], rows))

@@ -261,19 +261,26 @@ def split_warnings(report: dict, classes: list[str], settings: Prepare) -> list[
 
 
 def class_balance_png(report: dict, classes: list[str]) -> bytes:
-    """Images per class in each split, as horizontal bars."""
-    figure = figures.new_figure(7, 1.2 + 0.35 * len(classes) * 1.5)
+    return figures.png(class_balance_figure(report, classes))
+
+
+def class_balance_figure(report: dict, classes: list[str]):
+    """Images per class in each split, as horizontal bars with their counts at their ends."""
+    figure = figures.new_figure(7, 1.6 + 0.35 * len(classes) * 1.5)
     axes = figure.subplots()
     positions = np.arange(len(classes))
     for offset, split in enumerate(store.SPLITS):
         counts = [report["splits"][split][name] for name in classes]
-        axes.barh(positions + (offset - 1) * 0.27, counts, height=0.27, label=split)
+        bars = axes.barh(positions + (offset - 1) * 0.27, counts, height=0.27, label=split)
+        axes.bar_label(bars, padding=2, fontsize=8)
+    axes.margins(x=0.08)  # room for the longest bar's count
     axes.set_yticks(positions, classes)
     axes.invert_yaxis()
     axes.set_xlabel("images")
     figure.suptitle("Class balance per split")
-    figure.legend(loc="outside upper center", ncols=len(store.SPLITS))
-    return figures.png(figure)
+    # Below the axes: above them, the legend covered the title.
+    figure.legend(loc="outside lower center", ncols=len(store.SPLITS))
+    return figure
 
 
 def samples_png(processed: store.Processed, per_class: int = 8, max_classes: int = 20) -> bytes:

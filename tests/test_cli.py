@@ -178,7 +178,8 @@ def test_the_stages_by_hand_write_every_output(project):
     assert 0 <= metrics["roc_auc"] <= 1
     roc = (paths["results"] / "roc.csv").read_text().splitlines()
     assert roc[0] == "false_positive_rate,true_positive_rate,threshold" and len(roc) > 2
-    assert (paths["results"] / "errors.png").read_bytes().startswith(PNG)
+    for picture in ["confusion.png", "errors.png"]:
+        assert (paths["results"] / picture).read_bytes().startswith(PNG)
 
 
 PNG = b"\x89PNG\r\n\x1a\n"

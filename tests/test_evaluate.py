@@ -1,11 +1,19 @@
-"""Evaluate's metrics, per-class scores and label decoding."""
+"""Evaluate's metrics, per-class scores, label decoding and pictures."""
+
+import io
 
 import keras
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
+from matplotlib.transforms import Bbox
+from PIL import Image
 
 from pipeline.evaluate import (
     class_indices_of,
+    confusion_counts,
+    confusion_figure,
+    confusion_png,
     curves,
     evaluate,
     per_class_scores,
@@ -67,6 +75,41 @@ def test_the_gallery_shows_the_most_confident_mistakes_first():
     assert worst_mistakes(rows) == [2, 3, 1]
     assert worst_mistakes(rows, count=1) == [2]
     assert worst_mistakes(rows[:1]) == []
+
+
+def test_the_confusion_matrix_counts_actual_rows_against_predicted_columns():
+    pairs = [("a", "a"), ("a", "b"), ("b", "b"), ("c", "a"), ("a", "a")]
+    rows = [PredictionRow(f"{i}.png", actual, predicted, 0.9)
+            for i, (actual, predicted) in enumerate(pairs)]  # fmt: skip
+    assert confusion_counts(rows, ["a", "b", "c"]).tolist() == [[2, 1, 0], [0, 1, 0], [1, 0, 0]]
+    with Image.open(io.BytesIO(confusion_png(rows, ["a", "b", "c"]))) as image:
+        assert image.format == "PNG" and 300 < image.width < 600 and 300 < image.height < 600
+
+
+def lightness(colour) -> float:
+    red, green, blue = to_rgb(colour)
+    return 0.299 * red + 0.587 * green + 0.114 * blue
+
+
+@pytest.mark.parametrize("classes", [2, 20])
+def test_the_confusion_picture_writes_each_count_inside_its_cell_in_a_contrasting_colour(classes):
+    counts = np.random.default_rng(classes).integers(0, 10_000, (classes, classes))
+    names = [f"class {i}" for i in range(classes)]
+    figure = confusion_figure(counts, names)
+    figure.draw_without_rendering()  # lays the figure out, as saving it does
+    (axes,), (image,) = figure.axes, figure.axes[0].images
+    assert [label.get_text() for label in axes.get_xticklabels()] == names
+    assert [label.get_text() for label in axes.get_yticklabels()] == names
+    assert len(axes.texts) == classes**2
+    for text in axes.texts:
+        column, row = text.get_position()  # actual classes are rows, predicted columns
+        count = counts[row, column]
+        assert text.get_text() == str(count)
+        corners = axes.transData.transform([(column - 0.5, row - 0.5), (column + 0.5, row + 0.5)])
+        cell, written = Bbox(np.sort(corners, axis=0)), text.get_window_extent()
+        assert cell.contains(written.x0, written.y0) and cell.contains(written.x1, written.y1)
+        shade = image.cmap(image.norm(count))
+        assert abs(lightness(text.get_color()) - lightness(shade)) > 0.45
 
 
 @pytest.mark.parametrize("classes", [2, 3])

@@ -237,6 +237,19 @@ def test_plots_are_real_pngs(tmp_path):
             assert image.format == "PNG" and image.width > 300 and image.height > 100
 
 
+def test_class_balance_writes_each_bar_s_count_and_keeps_its_legend_off_the_title():
+    processed = prepare.prepare(noise_interim(60), SETTINGS)
+    classes = list(processed.class_indices)
+    figure = prepare.class_balance_figure(processed.report, classes)
+    figure.draw_without_rendering()  # lays the figure out, as saving it does
+    (axes,), (legend,), (title,) = figure.axes, figure.legends, figure.texts
+    splits = processed.report["splits"]
+    counts = [str(splits[split][name]) for split in store.SPLITS for name in classes]
+    assert [label.get_text() for label in axes.texts] == counts
+    assert title.get_text() == "Class balance per split"
+    assert not legend.get_window_extent().overlaps(title.get_window_extent())
+
+
 def test_one_class_or_an_empty_test_split_is_an_error_that_says_what_to_do():
     with pytest.raises(PipelineError, match="at least two class folders"):
         prepare.prepare(noise_interim(20, classes=("only",)), SETTINGS)
