@@ -16,7 +16,7 @@ class Batches(keras.utils.PyDataset):
     in its own order drawn from the seed, and there is no last batch: model.fit, given
     steps_per_epoch=len(batches), then keeps one iterator for the whole run. For a
     finite PyDataset Keras sets up a new one every epoch, which put a 9-step epoch
-    10-40% over a constant batch (README, "Training, measured").
+    10-40% over a constant batch (bench/README.md, bench/train.py).
 
     With `shard` = (i, n), this process's rows i, i + n, ... of each global batch,
     and only whole global batches, so that n processes take the same steps.
