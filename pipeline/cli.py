@@ -359,7 +359,8 @@ def predict(model_path: Path, paths: tuple[Path, ...], workers: int | None, as_j
     reading neither params.yaml (nor --params) nor the prepared data. Each file
     is decoded and resized by exactly ingest's code, and its views made by
     prepare's, as the training images were. Files that are not usable images
-    are listed with the reason, like ingest's quarantine.
+    are listed with the reason, like ingest's quarantine, and the exit status
+    is then 1.
     """
     load_keras()
     import json
@@ -370,6 +371,9 @@ def predict(model_path: Path, paths: tuple[Path, ...], workers: int | None, as_j
 
     rows = classify(model_path, list(paths), workers or usable_cores())
     click.echo(json.dumps(rows, indent=2) if as_json else render(rows))
+    if unusable := sum(row["label"] is None for row in rows):
+        click.echo(f"predict: {unusable} of {len(rows)} files could not be classified", err=True)
+        raise SystemExit(1)
 
 
 @cli.command()

@@ -411,14 +411,21 @@ def test_predict_lists_unusable_files_and_reads_folders(project, tmp_path):
     (folder / "new" / ".ipynb_checkpoints" / "a-checkpoint.png").write_bytes(b"\0")
     (folder / "new" / "notes.txt").write_text("to label")
     result = invoke("predict", paths["model"], folder)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1  # one file could not be classified; the others still are
+    assert result.stderr == "predict: 1 of 17 files could not be classified\n"
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["file", "label", "probability"]
     assert len(lines) == 1 + 16 + 1  # 16 images and the broken file, not what ingest ignores
     assert any("broken.png" in line and "quarantined: UnidentifiedImageError" in line
                for line in lines)  # fmt: skip
     probabilities = [float(line.split()[-1]) for line in lines[1:] if "quarantined" not in line]
+    assert len(probabilities) == 16
     assert all(0.33 <= p <= 1 for p in probabilities)  # the winning class of three
+    as_json = invoke("predict", paths["model"], folder, "--json")
+    assert as_json.exit_code == 1
+    rows = json.loads(as_json.stdout)
+    assert len(rows) == 17
+    assert [row["file"] for row in rows if row["label"] is None] == [str(folder / "broken.png")]
 
 
 def test_predict_gives_the_same_rows_on_one_worker_and_several(project):
@@ -627,6 +634,7 @@ def test_predict_on_a_named_pipe_says_so_and_never_opens_it(project, tmp_path):
     image = paths["raw"] / "dark" / "000.png"
     with deadline(60, "predict waited on the named pipe"):
         result = invoke("predict", paths["model"], pipe, image)
+    assert result.exit_code == 1  # the pipe could not be classified
     lines = result.stdout.splitlines()
     assert f"{pipe}  quarantined: {decoding.NOT_REGULAR}" in lines[1]
     assert "dark" in lines[2]
