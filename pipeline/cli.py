@@ -33,7 +33,7 @@ class BadParams(click.ClickException):
 
 # The commands that read params.yaml. Their params are checked before click checks their
 # paths, so a broken params.yaml is named (exit 2) whatever else is missing.
-READS_PARAMS = frozenset({"ingest", "prepare", "train", "evaluate", "predict"})
+READS_PARAMS = frozenset({"ingest", "prepare", "train", "evaluate"})
 HELP = frozenset({"-h", "--help"})
 
 
@@ -349,32 +349,19 @@ def diff(rev_a: str, rev_b: str | None, splits_csv: Path, as_json: bool) -> None
 @cli.command()
 @click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--processed",
-    type=_folder(),
-    default=PROCESSED,
-    show_default=True,
-    help="The prepared data whose labels.json the model must have been trained with.",
-)
 @WORKERS
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.pass_context
-def predict(
-    ctx: click.Context,
-    model_path: Path,
-    paths: tuple[Path, ...],
-    processed: Path,
-    workers: int | None,
-    as_json: bool,
-) -> None:
+def predict(model_path: Path, paths: tuple[Path, ...], workers: int | None, as_json: bool) -> None:
     """Classify image files, or every image in folders, with a trained model.
 
-    Each file is decoded and resized by exactly ingest's code, and its views
-    made by prepare's, with the settings in params.yaml. A model trained with
-    another label map or for other input shapes is refused. Files that are not
-    usable images are listed with the reason, like ingest's quarantine.
+    The model folder is enough: train saves the label map and ingest's
+    settings in model.labels.json beside the model, so predict runs anywhere,
+    reading neither params.yaml (nor --params) nor the prepared data. Each file
+    is decoded and resized by exactly ingest's code, and its views made by
+    prepare's, as the training images were. Files that are not usable images
+    are listed with the reason, like ingest's quarantine, and the exit status
+    is then 1.
     """
-    params = _params(ctx)
     load_keras()
     import json
 
@@ -382,8 +369,11 @@ def predict(
     from pipeline.predict import predict as classify
     from pipeline.predict import render
 
-    rows = classify(model_path, processed, list(paths), params, workers or usable_cores())
+    rows = classify(model_path, list(paths), workers or usable_cores())
     click.echo(json.dumps(rows, indent=2) if as_json else render(rows))
+    if unusable := sum(row["label"] is None for row in rows):
+        click.echo(f"predict: {unusable} of {len(rows)} files could not be classified", err=True)
+        raise SystemExit(1)
 
 
 @cli.command()

@@ -166,9 +166,9 @@ def evaluate(
     return metrics, scores, rows, (roc, pr)
 
 
-def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) -> keras.Model:
-    """Load a model, refusing one trained with another label map or for other input shapes,
-    or whose label map was written for another model file."""
+def load_trained(model_path: Path) -> tuple[keras.Model, store.ModelRecord]:
+    """A model and what it was trained with (store.read_model_record), refusing a model
+    file Keras cannot load, or a record written for another model file."""
     try:
         # Uncompiled: evaluating and predicting need no optimizer, and a mixed-precision
         # model's loss-scaling optimizer does not load back into a float32 process (Keras
@@ -179,14 +179,25 @@ def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) 
             f"{model_path} cannot be loaded as a Keras model ({one_line(error)}); it is damaged "
             "or not a .keras file: train again (dvc repro) or fetch it again (dvc pull)"
         ) from None
-    trained_with = store.read_model_labels(model_path)
+    return model, store.read_model_record(model_path)
+
+
+def input_shapes(model: keras.Model) -> list[tuple[int, int, int]]:
+    """(H, W, C) of each of the model's inputs."""
+    return [tuple(tensor.shape[1:]) for tensor in model.inputs]
+
+
+def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) -> keras.Model:
+    """Load a model, refusing one trained with another label map or for other input shapes,
+    or whose label map was written for another model file."""
+    model, trained_with = load_trained(model_path)
     current = store.read_class_indices(processed)
-    if trained_with != current:
+    if trained_with.classes != current:
         raise PipelineError(
-            f"{model_path} was trained with the label map {trained_with}, but "
+            f"{model_path} was trained with the label map {trained_with.classes}, but "
             f"{processed / 'labels.json'} is {current}; train again (dvc repro) first"
         )
-    wanted = [tuple(shape[1:]) for shape in (i.shape for i in model.inputs)]
+    wanted = input_shapes(model)
     given = [tuple(shape) for shape in shapes[: len(wanted)]]
     if given != wanted:
         raise PipelineError(

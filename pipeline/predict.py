@@ -1,20 +1,20 @@
-"""Predict: classify image files with a trained model.
+"""Predict: classify image files with a trained model and nothing else.
 
 Each file goes through exactly the code that made the training data (ingest's
-decode_image, prepare's derive_view) with the settings in params.yaml, and the
-model is refused if its label map or input shapes do not match.
+decode_image, prepare's derive_view) with the settings the model was trained
+with: ingest's from the record train wrote beside the model (store.ModelRecord),
+the views from the model's own input shapes. No params.yaml, no prepared data.
 """
 
 from pathlib import Path
 
-from pipeline import store
-from pipeline.evaluate import class_indices_of, confidence_of, load_matching_model
+from pipeline.evaluate import class_indices_of, confidence_of, input_shapes, load_trained
 from pipeline.ingest.cache import DecodeCache
 from pipeline.ingest.decode import settings_key
 from pipeline.ingest.scan import hidden, known_not_image
 from pipeline.ingest.verdicts import stack_pixels
 from pipeline.ingest.workers import decode_in_workers
-from pipeline.params import CHANNELS, Params
+from pipeline.params import CHANNELS, View
 from pipeline.prepare import derive_view
 
 
@@ -31,28 +31,31 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def predict(
-    model_path: Path, processed: Path, paths: list[Path], params: Params, workers: int = 1
-) -> list[dict]:
+# Each view's color_mode, by the channels of the model input it makes.
+COLOR_MODES = {channels: mode for mode, channels in CHANNELS.items()}
+
+
+def predict(model_path: Path, paths: list[Path], workers: int = 1) -> list[dict]:
     """One row per file: its label and probability, or why it could not be read as an image."""
     from tqdm import tqdm
 
-    shapes = [(*view.image_size, CHANNELS[view.color_mode]) for view in params.prepare.views]
-    model = load_matching_model(model_path, processed, shapes)  # refused before any decoding
-    names = list(store.read_model_labels(model_path))
+    model, trained_with = load_trained(model_path)  # refused before any decoding
+    settings = trained_with.ingest
+    views = [View(image_size=(height, width), color_mode=COLOR_MODES[channels])
+             for height, width, channels in input_shapes(model)]  # fmt: skip
+    names = list(trained_with.classes)
     files = image_files(paths)
-    nothing_kept = DecodeCache(None, settings_key(params.ingest))
+    nothing_kept = DecodeCache(None, settings_key(settings))
     # Spawned, not forked: this process runs TensorFlow's threads, and a forked child
     # inherits any lock one of them holds, held for ever.
-    decoding = decode_in_workers(files, params.ingest, nothing_kept, workers, "spawn")
+    decoding = decode_in_workers(files, settings, nothing_kept, workers, "spawn")
     progress = tqdm(decoding, total=len(files), desc="predict", unit="img", disable=None)
     results = list(progress)
     usable = [result for result in results if result.reason is None]
     predictions = iter([])
     if usable:
-        images = stack_pixels(usable, params.ingest)
-        views = [derive_view(images, view) for view in params.prepare.views]
-        inputs = views[: len(model.inputs)]
+        images = stack_pixels(usable, settings)
+        inputs = [derive_view(images, view) for view in views]
         probabilities = model.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0)
         indices = class_indices_of(probabilities)
         predictions = zip(indices, confidence_of(probabilities, indices), strict=True)

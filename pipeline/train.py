@@ -308,7 +308,10 @@ def _train_and_save(
         print(
             f"train: warning: {beside['architecture']} is a placeholder: {problem}", file=sys.stderr
         )
-    # Last: the label map it was trained with and the model's digest, which evaluate and
-    # predict check, so that a model never passes with another run's label map.
-    store.write_model_labels(model_path, store.read_class_indices(processed))
+    # Last: the label map and ingest's settings it was trained with, and the model's digest,
+    # which evaluate and predict check, so that a model never passes with another run's.
+    trained_with = store.ModelRecord(
+        classes=store.read_class_indices(processed), ingest=params.ingest
+    )
+    store.write_model_record(model_path, trained_with)
     return model, distribution.chief

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline import predict, store
+from pipeline import store
 from pipeline.cli import cli
 from pipeline.ingest import cache as cache_module
 from pipeline.ingest import decode as decoding
@@ -298,7 +298,7 @@ def test_a_damaged_model_file_is_one_line_saying_how_to_get_it_back(
             "--out",
             tmp_path / "out",
         ],
-        "predict": [damaged, paths["raw"], "--processed", paths["processed"]],
+        "predict": [damaged, paths["raw"]],
     }[command]
     result = invoke("--params", paths["params"], command, *arguments)
     assert result.exit_code == 1
@@ -325,8 +325,7 @@ def test_a_mixed_precision_model_evaluates_and_predicts_without_optimizer_warnin
     results = tmp_path / "results"
     evaluated = invoke("--params", params, "evaluate", "--model", model,
                        "--processed", paths["processed"], "--out", results)  # fmt: skip
-    predicted = invoke("--params", params, "predict", model, paths["raw"],
-                       "--processed", paths["processed"], "--workers", 1)  # fmt: skip
+    predicted = invoke("predict", model, paths["raw"], "--workers", 1)
     assert evaluated.exit_code == 0 and predicted.exit_code == 0, evaluated.output
     assert [str(w.message) for w in recwarn if "optimizer" in str(w.message)] == []
     metrics = json.loads((results / "metrics.json").read_text())
@@ -399,8 +398,7 @@ def test_predict_agrees_with_evaluate_on_the_same_images(project):
     paths, _, _ = project
     rows = store.read_split_rows(paths["processed"] / "splits.csv")
     test_files = [paths["raw"] / row.path for row in rows if row.split == "test"]
-    result = invoke("--params", paths["params"], "predict", paths["model"], *test_files,
-                    "--processed", paths["processed"], "--json")  # fmt: skip
+    result = invoke("predict", paths["model"], *test_files, "--json")
     assert result.exit_code == 0, result.output
     predicted = json.loads(result.output)
     evaluated = predictions(paths["results"])
@@ -419,26 +417,100 @@ def test_predict_lists_unusable_files_and_reads_folders(project, tmp_path):
     (folder / "new" / ".ipynb_checkpoints").mkdir(parents=True)
     (folder / "new" / ".ipynb_checkpoints" / "a-checkpoint.png").write_bytes(b"\0")
     (folder / "new" / "notes.txt").write_text("to label")
-    result = invoke("--params", paths["params"], "predict", paths["model"], folder,
-                    "--processed", paths["processed"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    result = invoke("predict", paths["model"], folder)
+    assert result.exit_code == 1  # one file could not be classified; the others still are
+    assert result.stderr == "predict: 1 of 17 files could not be classified\n"
+    lines = result.stdout.splitlines()
     assert lines[0].split() == ["file", "label", "probability"]
     assert len(lines) == 1 + 16 + 1  # 16 images and the broken file, not what ingest ignores
     assert any("broken.png" in line and "quarantined: UnidentifiedImageError" in line
                for line in lines)  # fmt: skip
     probabilities = [float(line.split()[-1]) for line in lines[1:] if "quarantined" not in line]
+    assert len(probabilities) == 16
     assert all(0.33 <= p <= 1 for p in probabilities)  # the winning class of three
+    as_json = invoke("predict", paths["model"], folder, "--json")
+    assert as_json.exit_code == 1
+    rows = json.loads(as_json.stdout)
+    assert len(rows) == 17
+    assert [row["file"] for row in rows if row["label"] is None] == [str(folder / "broken.png")]
 
 
 def test_predict_gives_the_same_rows_on_one_worker_and_several(project):
     paths, _, _ = project
     rows = [
-        json.loads(invoke("--params", paths["params"], "predict", paths["model"], paths["raw"],
-                          "--processed", paths["processed"], "--workers", workers, "--json").output)
+        json.loads(invoke("predict", paths["model"], paths["raw"], "--workers", workers,
+                          "--json").output)
         for workers in (1, 3)
     ]  # fmt: skip
     assert len(rows[0]) == 48 and rows[0] == rows[1]
+
+
+def test_predict_needs_only_the_model_folder(project, tmp_path):
+    # Run outside the project, it asked for params.yaml and data/processed.
+    paths, _, _ = project
+    model = tmp_path / "models" / "model.keras"
+    model.parent.mkdir()
+    shutil.copy(paths["model"], model)
+    copy_beside_files(paths["model"], model)
+    image = tmp_path / "photos" / "photo.png"
+    image.parent.mkdir()
+    shutil.copy(paths["raw"] / "dark" / "000.png", image)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([BIN / "imgpipe", "predict", model, image], cwd=elsewhere,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()
+    assert header.split() == ["file", "label", "probability"]
+    file, label, probability = row.split()
+    assert file == str(image) and label in CLASS_LEVELS and 1 / 3 <= float(probability) <= 1
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_predict_decodes_files_with_the_settings_the_model_was_trained_with(tmp_path):
+    # Colour, padded to a square: not the grayscale, stretched settings of the params
+    # file given, which predict does not read.
+    trained = write_params(
+        tmp_path / "params.yaml",
+        ingest={"image_size": [32, 32], "color_mode": "rgb", "resize": "pad"},
+        prepare={**FAST["prepare"], "views": [{"image_size": [24, 24], "color_mode": "rgb"}]},
+        train=FAST["train"],
+    )
+    raw = make_dataset(tmp_path / "raw", per_class=8)  # 40x30 images: padding shows
+    processed = ingest_and_prepare(tmp_path, trained, raw)
+    model = tmp_path / "model.keras"
+    result = invoke("--params", trained, "train", "--processed", processed, "--model-out", model,
+                    "--live-dir", tmp_path / "live")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    test = store.read_split(processed, "test")
+    files = [raw / row.path for row in store.read_split_rows(processed / "splits.csv")
+             if row.split == "test"]  # fmt: skip
+    other = write_params(tmp_path / "other.yaml", **FAST)
+    result = invoke("--params", other, "predict", model, *files, "--json")
+    assert result.exit_code == 0, result.output
+    expected = keras.saving.load_model(model).predict(np.asarray(test.views[0]), verbose=0)
+    names = list(store.read_class_indices(processed))
+    predicted = json.loads(result.stdout)
+    assert [row["label"] for row in predicted] == [names[i] for i in expected.argmax(axis=1)]
+    assert [row["probability"] for row in predicted] == pytest.approx(
+        expected.max(axis=1).tolist(), abs=1e-6
+    )
+
+
+def test_predict_refuses_a_label_file_an_older_imgpipe_wrote(project, tmp_path):
+    # The label map and the model's digest, without the settings predict now reads.
+    paths, _, _ = project
+    model = tmp_path / "model.keras"
+    shutil.copy(paths["model"], model)
+    labels = store.beside_model(model)["labels"]
+    record = json.loads(store.beside_model(paths["model"])["labels"].read_text())
+    labels.write_text(json.dumps({key: record[key] for key in ("classes", "model_sha256")}))
+    result = invoke("predict", model, paths["raw"] / "dark" / "000.png")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output == (
+        f"Error: {labels} is an older imgpipe's, which lacks the settings predict needs, or not "
+        "imgpipe's (ingest: Field required); train again (dvc repro)\n"
+    )
 
 
 @pytest.mark.parametrize("backend", ["nonesuch", "openvino"])  # unknown; known, not installed
@@ -452,7 +524,7 @@ def test_a_backend_keras_cannot_load_is_one_line_saying_what_to_set(
                   "--live-dir", tmp_path / "live"],
         "evaluate": ["--model", paths["model"], "--processed", paths["processed"],
                      "--out", tmp_path / "results"],
-        "predict": [paths["model"], paths["raw"], "--processed", paths["processed"]],
+        "predict": [paths["model"], paths["raw"]],
     }[command]  # fmt: skip
     done = subprocess.run([BIN / "imgpipe", "--params", paths["params"], command, *arguments],
                           env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True,
@@ -465,30 +537,11 @@ def test_a_backend_keras_cannot_load_is_one_line_saying_what_to_set(
 
 def test_tensorflows_start_up_chatter_is_held_back_by_default(project):
     paths, _, _ = project
-    command = [BIN / "imgpipe", "--params", paths["params"], "predict", paths["model"],
-               paths["raw"] / "dark", "--processed", paths["processed"]]  # fmt: skip
+    command = [BIN / "imgpipe", "predict", paths["model"], paths["raw"] / "dark"]
     plain = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run(command, env=plain, capture_output=True, text=True, check=True)
     assert done.stderr == ""
     assert len(done.stdout.splitlines()) == 1 + 16
-
-
-def test_predict_refuses_a_model_for_other_input_shapes_before_decoding(
-    project, tmp_path, monkeypatch
-):
-    paths, _, _ = project
-    decoded = []  # predict hands files to its workers in this process: seen here
-    monkeypatch.setattr(predict, "decode_in_workers", lambda *a: decoded.append(1) or iter([]))
-    other = write_params(
-        tmp_path / "params.yaml",
-        ingest={"image_size": [48, 48]},
-        prepare={"views": [{"image_size": [48, 48], "color_mode": "grayscale"}]},
-    )
-    result = invoke("--params", other, "predict", paths["model"], paths["raw"],
-                    "--processed", paths["processed"])  # fmt: skip
-    assert result.exit_code == 1
-    assert "takes inputs of shape [(32, 32, 1)]" in result.output
-    assert decoded == []
 
 
 def test_a_run_that_learned_nothing_says_so_and_records_it(project, tmp_path):
@@ -602,9 +655,9 @@ def test_predict_on_a_named_pipe_says_so_and_never_opens_it(project, tmp_path):
     os.mkfifo(pipe)  # opening it to read would wait for a writer, for ever
     image = paths["raw"] / "dark" / "000.png"
     with deadline(60, "predict waited on the named pipe"):
-        result = invoke("--params", paths["params"], "predict", paths["model"], pipe, image,
-                        "--processed", paths["processed"])  # fmt: skip
-    lines = result.output.splitlines()
+        result = invoke("predict", paths["model"], pipe, image)
+    assert result.exit_code == 1  # the pipe could not be classified
+    lines = result.stdout.splitlines()
     assert f"{pipe}  quarantined: {decoding.NOT_REGULAR}" in lines[1]
     assert "dark" in lines[2]
 
@@ -634,15 +687,20 @@ def test_an_interrupted_train_leaves_no_model_beside_its_metrics(project, tmp_pa
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
-def test_evaluate_refuses_a_label_map_written_for_another_model_file(project, tmp_path):
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_label_map_written_for_another_model_file_is_refused(project, tmp_path, command):
     paths, _, _ = project
     model = tmp_path / "model.keras"
     copy_beside_files(paths["model"], model)
     other = keras.saving.load_model(paths["model"])  # the same layers, other weights
     other.layers[-1].kernel.assign(np.zeros(other.layers[-1].kernel.shape))
     other.save(model)
-    result = invoke("--params", paths["params"], "evaluate", "--model", model,
-                    "--processed", paths["processed"], "--out", tmp_path / "out")  # fmt: skip
+    arguments = {
+        "evaluate": ["--model", model, "--processed", paths["processed"],
+                     "--out", tmp_path / "out"],
+        "predict": [model, paths["raw"]],
+    }[command]  # fmt: skip
+    result = invoke("--params", paths["params"], command, *arguments)
     assert result.exit_code == 1
     assert f"{model.with_name('model.labels.json')} belongs to another model.keras" in result.output
     assert not (tmp_path / "out").exists()
@@ -679,17 +737,6 @@ def test_outputs_follow_the_umask(tmp_path, umask):
     subprocess.run(command, check=True, capture_output=True, preexec_fn=lambda: os.umask(umask))
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes == dict.fromkeys(store.INTERIM_FILES, 0o666 & ~umask)
-
-
-def test_predict_refuses_a_model_trained_with_another_label_map(project, tmp_path):
-    paths, _, _ = project
-    processed = tmp_path / "processed"
-    shutil.copytree(paths["processed"], processed)
-    (processed / "labels.json").write_text('{"bright": 0, "dark": 1, "mid": 2, "new": 3}')
-    result = invoke("--params", paths["params"], "predict", paths["model"], paths["raw"],
-                    "--processed", processed)  # fmt: skip
-    assert result.exit_code == 1
-    assert "was trained with the label map" in result.output and "train again" in result.output
 
 
 def test_an_output_path_on_a_read_only_file_system_is_one_line_saying_what_to_do(tmp_path):
