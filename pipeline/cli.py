@@ -200,6 +200,8 @@ def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> N
     images never moves the ones already there. Near-duplicates (perceptual
     hashes within prepare.near_duplicate_distance bits) always share a split:
     the most test-ward of their own, so a group only ever moves toward test.
+    With split folders (raw/train/, val/, test/) each image keeps its folder's
+    split (prepare.split); a missing one is drawn from train/.
     """
     settings = _params(ctx).prepare
     from pipeline import prepare as stage
@@ -209,11 +211,23 @@ def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> N
     near = processed.report["near_duplicates"]
     click.echo(
         f"prepare: {len(processed.class_indices)} classes; {sizes} -> {out}\n"
+        f"  {_split_line(processed.report['split'])}\n"
         f"  near-duplicates: {near['pairs']} pairs in {near['groups']} groups, "
         f"{near['moved']} images moved with their group, leakage {near['leakage']}"
     )
     for warning in processed.report["warnings"]:
         click.echo(f"warning: {warning}")
+
+
+def _split_line(split: dict) -> str:
+    """'split by hash', or 'split by folders (given: train, val; test drawn from train)'."""
+    from pipeline import store
+
+    if not split["given"]:
+        return f"split by {split['mode']}"
+    drawn = [name for name in store.SPLITS if name not in split["given"]]
+    also = f"; {', '.join(drawn)} drawn from train" if drawn else ""
+    return f"split by folders (given: {', '.join(split['given'])}{also})"
 
 
 @cli.command()

@@ -25,6 +25,7 @@ from pipeline.models import MODELS
 
 MODEL_NAMES = tuple(MODELS)
 RESIZE_MODES = ("stretch", "pad", "crop")
+SPLIT_MODES = ("auto", "hash", "folders")
 RESAMPLE_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 
 
@@ -77,6 +78,10 @@ class View(_Section):
 
 
 class Prepare(_Section):
+    split: Literal[SPLIT_MODES] = Field(
+        description="auto (folders when the raw images are in train/, val/ or test/ folders, "
+        "else hash), hash (by content) or folders (each image keeps its folder's split)"
+    )
     val_fraction: float = Field(ge=0, lt=1, description="a number from 0 up to (not including) 1")
     test_fraction: float = Field(gt=0, lt=1, description="a number between 0 and 1, exclusive")
     split_salt: str = Field(description="any string; changing it reshuffles every split")

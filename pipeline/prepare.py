@@ -6,6 +6,12 @@ photo re-encoded, resized or lightly cropped, found by perceptual hash) form a
 group that always lands in one split: the most test-ward split of its members,
 so an image that gains a near-duplicate can only move toward test, never back
 into train.
+
+With split folders (data/raw/train/, val/, test/, which ingest records as each
+image's given split) and `prepare.split: folders` (what auto picks for them), every
+image keeps its folder's split; a split no folder gives is drawn by the same hash
+from the train folder's images, which alone move with their groups. Near-duplicates
+in two given splits cannot be joined, so they are counted as leakage and warned about.
 """
 
 import hashlib
@@ -26,6 +32,26 @@ SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # a group goes to its members' 
 # How far, in fractions of the data set, a realised split may be from the asked one
 # before prepare warns.
 SPLIT_TOLERANCE = 0.10
+
+# The leaking near-duplicate pairs report.json lists by path; splits.csv's group column
+# holds them all.
+LISTED_LEAKS = 20
+
+
+def split_mode(manifest: list[store.ManifestRow], settings: Prepare) -> str:
+    """hash or folders: prepare.split, with auto meaning folders for images ingest found in
+    split folders."""
+    in_folders = any(row.given_split for row in manifest)
+    if settings.split == "folders" and not in_folders:
+        raise PipelineError(
+            "prepare.split = 'folders' needs the raw images in split folders "
+            "(<raw>/train/<class>/..., beside val/ and test/), but ingest found plain class "
+            "folders; set prepare.split: auto or hash, or move the class folders under train/, "
+            "val/ and test/"
+        )
+    if settings.split == "auto":
+        return "folders" if in_folders else "hash"
+    return settings.split
 
 
 def natural_split(sha256: str, settings: Prepare) -> str:
@@ -106,19 +132,39 @@ def group_of(count: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([root(i) for i in range(count)])
 
 
-def assign_splits(shas: list[str], groups: np.ndarray, settings: Prepare) -> tuple[list, list]:
-    """(split, natural split) of each image; a group takes its most test-ward member's."""
+def assign_splits(
+    shas: list[str], groups: np.ndarray, settings: Prepare, given: list[str] | None = None
+) -> tuple[list, list]:
+    """(split, natural split) of each image; a group takes its most test-ward member's.
+
+    `given`, each image's split folder, fixes the split of every image outside the train
+    folder; the train folder's images are drawn by hash into the splits no folder gives
+    (or stay in train), and only they move with their groups.
+    """
     natural = [natural_split(sha, settings) for sha in shas]
+    free = np.ones(len(shas), bool)
+    if given is not None:
+        drawable = set(SPLIT_ORDER) - set(given) | {"train"}
+        natural = [
+            own if folder == "train" and own in drawable else folder
+            for folder, own in zip(given, natural, strict=True)
+        ]
+        free = np.array([folder == "train" for folder in given])
     rank = np.array([SPLIT_ORDER[name] for name in natural])
     group_rank = np.zeros(len(shas), np.int64)
-    np.maximum.at(group_rank, groups, rank)
+    np.maximum.at(group_rank, groups[free], rank[free])
     names = list(SPLIT_ORDER)
-    return [names[group_rank[group]] for group in groups], natural
+    splits = [
+        names[group_rank[group]] if moves else own
+        for group, moves, own in zip(groups, free, natural, strict=True)
+    ]
+    return splits, natural
 
 
-def leakage(pairs: np.ndarray, splits: list[str]) -> int:
-    """Near-duplicate pairs whose two images are in different splits (must be 0)."""
-    return sum(splits[i] != splits[j] for i, j in pairs)
+def leaks(pairs: np.ndarray, splits: list[str]) -> np.ndarray:
+    """(L, 2): the near-duplicate pairs whose two images are in different splits; none
+    with the hash split, and with given splits those the folders hold."""
+    return pairs[np.array([splits[i] != splits[j] for i, j in pairs], bool)]
 
 
 def encode_labels(indices: np.ndarray, num_classes: int, label_mode: str) -> np.ndarray:
@@ -167,10 +213,12 @@ def prepare(interim: store.Interim, settings: Prepare) -> store.Processed:
             "two class folders under the raw data folder"
         )
     class_indices = {name: index for index, name in enumerate(classes)}
+    mode = split_mode(manifest, settings)
+    given = [row.given_split for row in manifest] if mode == "folders" else None
     hashes = perceptual_hashes(interim.images)
     pairs = near_duplicate_pairs(hashes, settings.near_duplicate_distance)
     groups = group_of(len(manifest), pairs)
-    splits, natural = assign_splits([row.sha256 for row in manifest], groups, settings)
+    splits, natural = assign_splits([row.sha256 for row in manifest], groups, settings, given)
     labels = encode_labels(
         np.array([class_indices[row.label] for row in manifest]), len(classes), settings.label_mode
     )
@@ -181,18 +229,7 @@ def prepare(interim: store.Interim, settings: Prepare) -> store.Processed:
         chosen = np.flatnonzero(names == name)
         # An empty validation split is allowed (training then runs without one).
         if len(chosen) == 0 and name != "val":
-            moved = sum(split != first for split, first in zip(splits, natural, strict=True))
-            grouped = (
-                f"; {moved} images moved with their near-duplicate groups, so check "
-                "prepare.near_duplicate_distance"
-                if moved
-                else ""
-            )
-            raise PipelineError(
-                f"the {name} split is empty ({len(names)} images with "
-                f"val_fraction={settings.val_fraction}, test_fraction={settings.test_fraction}); "
-                f"add images or change prepare.val_fraction / prepare.test_fraction{grouped}"
-            )
+            raise PipelineError(_empty_split(name, splits, natural, settings, given))
         arrays[name] = store.Split([view[chosen] for view in views], labels[chosen])
     sizes = Counter(groups.tolist())
     rows = [
@@ -207,12 +244,41 @@ def prepare(interim: store.Interim, settings: Prepare) -> store.Processed:
         )
         for row, split, first, group in zip(manifest, splits, natural, groups, strict=True)
     ]
-    report = _report(rows, classes, pairs, sizes, leakage(pairs, splits))
+    report = _report(rows, classes, pairs, sizes, leaks(pairs, splits))
+    report["split"] = {"mode": mode, "given": sorted(set(given or []), key=store.SPLITS.index)}
     report["warnings"] = split_warnings(report, classes, settings)
     return store.Processed(arrays, class_indices, rows, report)
 
 
-def _report(rows, classes, pairs, sizes: Counter, leaked: int) -> dict:
+def _empty_split(name: str, splits, natural, settings: Prepare, given) -> str:
+    """Why the train or test split is empty, and what to change."""
+    moved = sum(split != first for split, first in zip(splits, natural, strict=True))
+    grouped = (
+        f"; {moved} images moved with their near-duplicate groups, so check "
+        "prepare.near_duplicate_distance"
+        if moved
+        else ""
+    )
+    if given is None:
+        return (
+            f"the {name} split is empty ({len(splits)} images with "
+            f"val_fraction={settings.val_fraction}, test_fraction={settings.test_fraction}); "
+            f"add images or change prepare.val_fraction / prepare.test_fraction{grouped}"
+        )
+    in_train = given.count("train")
+    if name == "train":
+        return (
+            f"the train split is empty ({in_train} images in a train split folder); add class "
+            f"folders of images under <raw>/train/, or set prepare.split: hash{grouped}"
+        )
+    return (
+        f"the test split is empty: no split folder gives it, and none of the {in_train} images "
+        f"in the train folder was drawn into it at prepare.test_fraction = "
+        f"{settings.test_fraction}; add a test/ folder, more images, or raise the fraction"
+    )
+
+
+def _report(rows, classes, pairs, sizes: Counter, leaked: np.ndarray) -> dict:
     counts = Counter((row.split, row.label) for row in rows)
     return {
         "splits": {
@@ -225,15 +291,19 @@ def _report(rows, classes, pairs, sizes: Counter, leaked: int) -> dict:
             "groups": sum(size > 1 for size in sizes.values()),
             "images_in_groups": sum(size for size in sizes.values() if size > 1),
             "moved": sum(bool(row.moved_from) for row in rows),
-            "leakage": leaked,
+            "leakage": len(leaked),
+            "leaking_pairs": [
+                [rows[i].path, rows[j].path] for i, j in leaked[:LISTED_LEAKS].tolist()
+            ],
         },
     }
 
 
 def split_warnings(report: dict, classes: list[str], settings: Prepare) -> list[str]:
-    """What a user should know about the realised split: classes with no training image,
-    and splits more than SPLIT_TOLERANCE away from their asked fraction because
-    near-duplicate groups moved together."""
+    """What a user should know about the realised split: classes with no training image;
+    near-duplicates that given split folders put in two splits; with the hash split,
+    splits more than SPLIT_TOLERANCE away from their asked fraction because near-duplicate
+    groups moved together."""
     sizes = report["splits"]
     warnings = [
         f"class '{name}' has no image in train ({sizes['val'][name]} in val, "
@@ -241,6 +311,22 @@ def split_warnings(report: dict, classes: list[str], settings: Prepare) -> list[
         for name in classes
         if sizes["train"][name] == 0
     ]
+    near = report["near_duplicates"]
+    if near["leakage"]:  # only given splits can leak
+        first, second = near["leaking_pairs"][0]
+        warnings.append(
+            f"{near['leakage']} near-duplicate pairs are in two given split folders (first: "
+            f"{first} and {second}), so the model is tested on near-copies of images it "
+            "trained on; move or remove one image of each pair (report.json lists them under "
+            "near_duplicates.leaking_pairs, splits.csv by group), or set prepare.split: hash"
+        )
+    if report["split"]["mode"] == "hash":  # given splits are as large as their folders
+        warnings += _fraction_warnings(report, settings)
+    return warnings
+
+
+def _fraction_warnings(report: dict, settings: Prepare) -> list[str]:
+    sizes = report["splits"]
     total = sum(sizes[split]["total"] for split in store.SPLITS)
     asked = {
         "train": 1 - settings.val_fraction - settings.test_fraction,
@@ -248,6 +334,7 @@ def split_warnings(report: dict, classes: list[str], settings: Prepare) -> list[
         "test": settings.test_fraction,
     }
     moved = report["near_duplicates"]["moved"]
+    warnings = []
     for split in store.SPLITS:
         realised = sizes[split]["total"] / total
         if moved and abs(realised - asked[split]) > SPLIT_TOLERANCE:

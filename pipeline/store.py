@@ -41,6 +41,9 @@ class ManifestRow:
     height: int
     format: str
     mode: str
+    # The split of the folder it is in (data/raw/<split folder>/<class>/...): train, val or
+    # test; "" in plain class folders. Ingest reads the layout once, so prepare need not.
+    given_split: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's bin: imgpipe, dvc
+# Real photos (hymenoptera, trashnet) beside the checkout, never copied in; tests skip
+# when they are absent.
+DATASETS = REPO.parent / "shared" / "datasets"
 
 # Three classes a small CNN separates in one epoch: dark, mid and bright images.
 CLASS_LEVELS = {"bright": 220, "dark": 30, "mid": 128}
@@ -58,13 +61,14 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def make_dataset(root: Path, per_class: int = 12, classes=CLASS_LEVELS) -> Path:
-    """Write `per_class` PNGs for each class under root/<class>/."""
+def make_dataset(root: Path, per_class: int = 12, classes=CLASS_LEVELS, seed: str = "") -> Path:
+    """Write `per_class` PNGs for each class under root/<class>/; another `seed` makes
+    other images (for root/train/ beside root/val/)."""
     for name, level in classes.items():
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
-            (folder / f"{index:03d}.png").write_bytes(image_bytes(level, f"{name}{index}"))
+            (folder / f"{index:03d}.png").write_bytes(image_bytes(level, f"{seed}{name}{index}"))
     return root
 
 

@@ -97,8 +97,8 @@ def test_diff_shows_what_changed_between_two_commits(repo):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(
         "Error: data/interim/manifest.csv at HEAD is damaged or not the file expected (ValueError: "
-        "its columns are path, label, sha256, width, height, format, mode, where a splits.csv "
-        "has path, sha256, label, split, group, moved_from)"
+        "its columns are path, label, sha256, width, height, format, mode, given_split, where a "
+        "splits.csv has path, sha256, label, split, group, moved_from)"
     )
 
 

@@ -123,6 +123,7 @@ OUTSIDE_DOCUMENTED_LIMITS = {
     ),
     ("ingest", "max_pixels"): _ints_outside(1, 2**40),
     ("ingest", "decode_seconds"): st.one_of(st.floats(max_value=0), st.floats(min_value=86_400.5)),
+    ("prepare", "split"): _not_one_of("auto", "hash", "folders"),
     ("prepare", "val_fraction"): st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1)),
     ("prepare", "test_fraction"): st.one_of(st.floats(max_value=0), st.floats(min_value=1)),
     ("prepare", "near_duplicate_distance"): _ints_outside(-1, 256),

@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from pipeline.ingest.cache import DecodeCache
 from pipeline.params import Ingest
 from tests.conftest import (
     BIN,
+    DATASETS,
     REPO,
     deadline,
     default_params,
@@ -375,6 +377,81 @@ def test_a_folder_with_no_usable_image_is_an_error_that_says_what_is_expected(tm
     with pytest.raises(PipelineError, match="is not a folder"):
         ingest.run(tmp_path / "missing", tmp_path / "out", GRAY)
     assert not (tmp_path / "out").exists()
+
+
+# --- split folders: raw/train/<class>/, raw/val/<class>/, raw/test/<class>/ ------------
+
+CATS_AND_DOGS = {"cats": 60, "dogs": 200}
+
+
+def test_split_folders_are_splits_and_the_folders_inside_them_the_classes(tmp_path):
+    raw = tmp_path / "raw"
+    for folder, count in {"train": 3, "Validation": 2, "test": 1}.items():
+        make_dataset(raw / folder, per_class=count, classes=CATS_AND_DOGS, seed=folder)
+    write(raw / "train" / "notes.txt", b"outside every class folder")
+    write(raw / "LICENSE", b"CC-BY")
+    interim = ingest.run(raw, tmp_path / "out", GRAY)
+    manifest = {row.path: (row.label, row.given_split) for row in interim.manifest}
+    assert manifest["Validation/cats/000.png"] == ("cats", "val")
+    assert {label for label, _ in manifest.values()} == {"cats", "dogs"}
+    assert Counter(split for _, split in manifest.values()) == {"train": 6, "val": 4, "test": 2}
+    report = interim.report
+    assert list(report["classes"]) == ["cats", "dogs"]
+    assert report["classes"]["cats"]["accepted"] == 6 and report["files"]["ignored"] == 2
+    assert report["split_folders"] == {"Validation": "val", "test": "test", "train": "train"}
+    assert report["warnings"] == []
+    assert store.read_interim(tmp_path / "out").manifest == interim.manifest
+    text = summaries.summary(interim, tmp_path / "out")
+    assert "12 images in 2 classes" in text
+    assert "split folders Validation/ (val), test/, train/: the classes are the folders" in text
+
+
+def test_an_image_in_two_split_folders_is_kept_once_in_the_most_test_ward_and_warned(tmp_path):
+    raw = tmp_path / "raw"
+    for folder in ("train", "val"):
+        make_dataset(raw / folder, per_class=2, classes=CATS_AND_DOGS, seed=folder)
+    write(raw / "val" / "cats" / "leak.png", (raw / "train" / "cats" / "000.png").read_bytes())
+    interim = ingest.run(raw, tmp_path / "out", GRAY)
+    accepted = {row.path for row in interim.manifest}
+    assert "val/cats/leak.png" in accepted and "train/cats/000.png" not in accepted
+    assert {row.path: row.detail for row in interim.duplicates} == {
+        "train/cats/000.png": "same image as val/cats/leak.png, in another split folder: "
+        "kept in val only"
+    }
+    (warning,) = interim.report["warnings"]
+    assert warning.startswith(
+        "1 images are byte for byte in two split folders (first: train/cats/000.png and "
+        "val/cats/leak.png); each is kept in its most test-ward split only"
+    )
+    assert f"warning: {warning}" in summaries.summary(interim, tmp_path / "out")
+
+
+def test_a_class_folder_named_like_a_split_among_class_folders_is_a_warning(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=2, classes=CATS_AND_DOGS | {"Test": 128})
+    interim = ingest.run(raw, tmp_path / "out", GRAY)
+    assert {(row.label, row.given_split) for row in interim.manifest} == {
+        ("cats", ""), ("dogs", ""), ("Test", "")
+    }  # fmt: skip
+    (warning,) = interim.report["warnings"]
+    assert warning == (
+        "class folder 'Test' is named like a split folder; if it holds a split, put every "
+        "class folder under train/, val/ and test/ (raw/train/<class>/...), else rename it"
+    )
+    assert f"warning: {warning}" in summaries.summary(interim, tmp_path / "out")
+
+
+HYMENOPTERA = DATASETS / "hymenoptera"
+
+
+@pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason=f"{HYMENOPTERA} is not on this machine")
+def test_hymenoptera_is_two_classes_in_given_train_and_val_folders():
+    found = scanning.scan(HYMENOPTERA)
+    assert found.classes == ["ants", "bees"]
+    assert found.split_folders == {"train": "train", "val": "val"}
+    assert Counter((c.given_split, c.label) for c in found.candidates).keys() == {
+        ("train", "ants"), ("train", "bees"), ("val", "ants"), ("val", "bees")
+    }  # fmt: skip
+    assert len(found.candidates) == 398
 
 
 # --- determinism and the incremental cache --------------------------------------------

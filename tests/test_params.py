@@ -56,6 +56,10 @@ INVALID = {
         _with("prepare", "test_fraction", 0.9),
         ["prepare.val_fraction + prepare.test_fraction = 1.05", "below 1"],
     ),
+    "unknown split mode": (
+        _with("prepare", "split", "random"),
+        ["prepare.split", "'random'", "auto (folders when", "hash (by content) or folders"],
+    ),
     "misspelt key": (_with("train", "epoch", 3), ["train.epoch", "did you mean 'epochs'"]),
     "unknown section": ({**default_params(), "trian": {}}, ["trian", "not a known key"]),
     "null seed": (_with("base", "seed", None), ["base.seed = None", "integer from 0"]),

@@ -3,15 +3,18 @@
 import dataclasses
 import hashlib
 import io
+from itertools import cycle
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from pipeline import ingest, prepare, store
+from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Prepare
-from tests.conftest import default_params, encode, photo_like
+from tests.conftest import default_params, encode, photo_like, write_params
 
 
 def settings(**overrides) -> Prepare:
@@ -102,8 +105,8 @@ def test_near_duplicate_pairs_are_every_close_pair_once_whatever_the_block(block
 
 def test_the_leakage_metric_counts_pairs_split_apart():
     pairs = np.array([[0, 1], [1, 2]])
-    assert prepare.leakage(pairs, ["train", "train", "train"]) == 0
-    assert prepare.leakage(pairs, ["train", "test", "train"]) == 2
+    assert len(prepare.leaks(pairs, ["train", "train", "train"])) == 0
+    assert prepare.leaks(pairs, ["train", "test", "train"]).tolist() == [[0, 1], [1, 2]]
 
 
 @pytest.fixture
@@ -161,6 +164,112 @@ def test_near_duplicate_grouping_can_be_turned_off(photos):
         interim, settings(**SETTINGS.model_dump() | {"near_duplicate_distance": -1})
     )
     assert off.report["near_duplicates"]["pairs"] == 0
+
+
+# --- split folders: raw/train/, raw/val/, raw/test/ ----------------------------------
+
+
+def in_folders(interim: store.Interim, folders: list[str]) -> store.Interim:
+    """`interim` with image i moved into the split folder folders[i % len(folders)]."""
+    rows = [
+        dataclasses.replace(row, path=f"{folder}/{row.path}", given_split=folder)
+        for row, folder in zip(interim.manifest, cycle(folders), strict=False)  # cycle: endless
+    ]
+    return store.Interim(interim.images, rows, [], [], {})
+
+
+def run_prepare(folder, params):
+    """`imgpipe prepare` of folder/interim into folder/processed and folder/report."""
+    arguments = ["prepare", "--interim", folder / "interim", "--out", folder / "processed",
+                 "--report-dir", folder / "report"]  # fmt: skip
+    return CliRunner().invoke(cli, ["--params", params, *map(str, arguments)])
+
+
+def test_given_split_folders_are_kept_exactly():
+    interim = in_folders(noise_interim(120), ["train", "val", "test"])
+    processed = prepare.prepare(interim, SETTINGS)  # prepare.split: auto
+    assert [row.split for row in processed.rows] == [row.given_split for row in interim.manifest]
+    assert processed.report["split"] == {"mode": "folders", "given": ["train", "val", "test"]}
+
+
+def test_a_split_no_folder_gives_is_drawn_from_the_train_folder_alone():
+    interim = in_folders(noise_interim(600), ["train", "val"])
+    processed = prepare.prepare(interim, SETTINGS)
+    for row, prepared in zip(interim.manifest, processed.rows, strict=True):
+        drawn = "test" if prepare.natural_split(row.sha256, SETTINGS) == "test" else "train"
+        assert prepared.split == ("val" if row.given_split == "val" else drawn), row.path
+    assert abs(processed.report["splits"]["test"]["total"] / 300 - SETTINGS.test_fraction) < 0.07
+    assert processed.report["split"] == {"mode": "folders", "given": ["train", "val"]}
+
+
+def test_near_duplicates_in_two_given_split_folders_are_leakage_listed_and_warned():
+    interim = in_folders(noise_interim(60), ["train", "val"])
+    interim.images[1] = interim.images[0]  # train/ and val/: they cannot share a split
+    interim.images[4] = interim.images[2]  # both in train/: drawn together
+    processed = prepare.prepare(interim, SETTINGS)
+    rows, paths = processed.rows, [row.path for row in interim.manifest]
+    assert (rows[0].split, rows[1].split) == ("train", "val")  # given splits never move
+    assert rows[0].group == rows[1].group != "" and rows[2].split == rows[4].split
+    near = processed.report["near_duplicates"]
+    assert (near["pairs"], near["leakage"]) == (2, 1)
+    assert near["leaking_pairs"] == [[paths[0], paths[1]]]
+    (warning,) = processed.report["warnings"]
+    assert warning.startswith(
+        f"1 near-duplicate pairs are in two given split folders (first: {paths[0]} and "
+        f"{paths[1]}), so the model is tested on near-copies of images it trained on"
+    )
+    assert warning.endswith("or set prepare.split: hash")
+
+
+def test_split_by_hash_ignores_the_split_folders():
+    plain = noise_interim(120)
+    by_hash = prepare.prepare(
+        in_folders(plain, ["train", "val"]), settings(**SETTINGS.model_dump() | {"split": "hash"})
+    )
+    assert [row.split for row in by_hash.rows] == [
+        row.split for row in prepare.prepare(plain, SETTINGS).rows
+    ]
+    assert by_hash.report["split"] == {"mode": "hash", "given": []}
+
+
+def test_split_by_folders_without_split_folders_is_one_line_naming_the_key(tmp_path):
+    store.write_interim(tmp_path / "interim", noise_interim(60))
+    result = run_prepare(
+        tmp_path, write_params(tmp_path / "params.yaml", prepare={"split": "folders"})
+    )
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: prepare.split = 'folders' needs the raw images in split folders "
+        "(<raw>/train/<class>/..., beside val/ and test/), but ingest found plain class "
+        "folders; set prepare.split: auto or hash, or move the class folders under train/, "
+        "val/ and test/\n"
+    )
+    assert not (tmp_path / "processed").exists()
+
+
+def test_prepare_ends_saying_how_many_near_duplicates_leak_across_split_folders(tmp_path):
+    raw = tmp_path / "raw"
+    for i in range(36):
+        folder = raw / ("train" if i % 3 else "val") / ("cats" if i % 2 else "dogs")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:02d}.png").write_bytes(encode(photo_like(i)))
+    copy = Image.open(raw / "train" / "cats" / "01.png").resize((77, 58))
+    (raw / "val" / "cats" / "copy.jpg").write_bytes(encode(copy, "JPEG", quality=90))
+    ingest.run(raw, tmp_path / "interim", RGB_INGEST)
+    result = run_prepare(
+        tmp_path, write_params(tmp_path / "params.yaml", prepare={"test_fraction": 0.25})
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1] == "  split by folders (given: train, val; test drawn from train)"
+    assert lines[-1].startswith(
+        "warning: 1 near-duplicate pairs are in two given split folders (first: "
+        "train/cats/01.png and val/cats/copy.jpg)"
+    )
+    report = store.read_json(tmp_path / "report" / "report.json")
+    assert report["near_duplicates"]["leaking_pairs"] == [
+        ["train/cats/01.png", "val/cats/copy.jpg"]
+    ]
 
 
 # --- labels, views, the report --------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Ingest: a folder of class sub-folders of images -> uint8 arrays and a manifest.
+"""Ingest: a folder of class sub-folders of images (or of train/, val/ and test/ folders of
+class sub-folders) -> uint8 arrays and a manifest.
 
 Every file under the raw folder gets exactly one verdict:
 
@@ -71,7 +72,8 @@ def _write(
         counts = ", ".join(f"{n} {v}" for v, n in interim.report["files"].items() if n)
         raise PipelineError(
             f"no usable images under {raw} ({counts or 'no files'}); "
-            f"expected {raw}/<class>/<image files>"
+            f"expected {raw}/<class>/<image files>, or {raw}/train/<class>/<image files> "
+            "beside val/ and test/"
         )
     store.write_interim(out, interim, images_file=kept)
     if cache_path is not None and kept is None:  # keep what was written for the next run

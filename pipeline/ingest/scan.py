@@ -1,11 +1,13 @@
 """The walk of the raw folder: every file under it, in sorted order, as a candidate image of
 its class, ignored, or refused before it is read.
 
-Rules kept here: class folders are the top-level folders; hidden files and
-folders and the folders tools keep beside images (TOOL_FOLDERS) are ignored, and
-so are files known not to be images; a link is followed only when it stays inside
-the raw folder (a loop is refused, not followed); a name that is not UTF-8, a
-named pipe, socket or device, and a file that vanished are refused with a reason.
+Rules kept here: class folders are the top-level folders, or, when every top-level
+folder is named like a split (SPLIT_FOLDERS: train/, val/, test/, ...), the folders
+inside those, each image then keeping its folder's split; hidden files and folders
+and the folders tools keep beside images (TOOL_FOLDERS) are ignored, and so are
+files known not to be images; a link is followed only when it stays inside the raw
+folder (a loop is refused, not followed); a name that is not UTF-8, a named pipe,
+socket or device, and a file that vanished are refused with a reason.
 """
 
 import os
@@ -33,6 +35,14 @@ NOT_IMAGES = frozenset(
 # thumbnails (which would otherwise pass as more images of the class).
 TOOL_FOLDERS = frozenset({"__MACOSX", "@eaDir"})
 
+# The names people give split folders, matched whatever their case, and the split each
+# one holds: the one list of them.
+SPLIT_FOLDERS = {
+    **dict.fromkeys(("train", "training"), "train"),
+    **dict.fromkeys(("val", "valid", "validation", "dev"), "val"),
+    **dict.fromkeys(("test", "testing"), "test"),
+}
+
 LINK_OUT = "link resolves outside the raw data folder"
 
 NOT_UTF8 = "name is not UTF-8 (shown with \\x escapes), which the manifest cannot hold: rename it"
@@ -43,6 +53,7 @@ class Candidate(NamedTuple):
 
     path: str  # relative to the raw folder, with '/' separators
     label: str
+    given_split: str  # the split of its split folder; "" in plain class folders
     signature: tuple[int, int, int]  # see cache.signature
 
 
@@ -53,7 +64,14 @@ class Scan:
     candidates: list[Candidate]
     ignored: list[str]
     refused: list[store.QuarantineRow]  # links out of the raw folder, files that vanished
-    classes: list[str]  # every class folder, even one with no usable image
+    classes: list[str]  # every class folder, even one with no usable image, sorted
+    split_folders: dict[str, str]  # each split folder's split; {} for plain class folders
+
+    def class_of(self, path: str) -> str | None:
+        """The class folder a path is in; None for a file outside every class folder."""
+        depth = 1 if self.split_folders else 0
+        parts = path.split("/")
+        return parts[depth] if len(parts) > depth + 1 else None
 
 
 def scan(raw: Path) -> Scan:
@@ -61,10 +79,11 @@ def scan(raw: Path) -> Scan:
     if not raw.is_dir():
         raise PipelineError(f"{raw} is not a folder; expected {raw}/<class>/<image files>")
     root = raw.resolve()
-    candidates, ignored, refused, classes = [], [], [], []
+    layout = split_folders(raw)
+    candidates, ignored, refused, classes = [], [], [], set()
 
     # Plain strings, not Path objects: this runs once per file on every re-run.
-    def walk(folder: str, prefix: str, label: str | None) -> None:
+    def walk(folder: str, prefix: str, label: str | None, split: str) -> None:
         with os.scandir(folder) as listing:
             entries = sorted(listing, key=attrgetter("name"))
         for entry in entries:
@@ -78,9 +97,12 @@ def scan(raw: Path) -> Scan:
             elif hidden(entry.name):
                 ignored.extend(_files_of(entry, relative))
             elif entry.is_dir(follow_symlinks=False):
-                if label is None:
-                    classes.append(entry.name)
-                walk(entry.path, relative + "/", label or entry.name)
+                if label is None and layout and not prefix:  # a split folder, not a class
+                    walk(entry.path, relative + "/", None, layout[entry.name])
+                else:
+                    if label is None:
+                        classes.add(entry.name)
+                    walk(entry.path, relative + "/", label or entry.name, split)
             elif entry.is_symlink() and os.path.isdir(entry.path):
                 ignored.append(relative)  # a folder link inside raw: its files are reached directly
             elif label is None or known_not_image(entry.name):
@@ -94,10 +116,28 @@ def scan(raw: Path) -> Scan:
                 if not stat.S_ISREG(facts.st_mode):
                     refused.append(store.QuarantineRow(relative, NOT_REGULAR))
                     continue
-                candidates.append(Candidate(relative, label, signature(facts)))
+                candidates.append(Candidate(relative, label, split, signature(facts)))
 
-    walk(str(raw), "", None)
-    return Scan(candidates, ignored, refused, classes)
+    walk(str(raw), "", None, "")
+    return Scan(candidates, ignored, refused, sorted(classes), layout)
+
+
+def split_folders(raw: Path) -> dict[str, str]:
+    """{folder name: split} when every top-level folder of `raw` (hidden and tool folders
+    aside) is named like a split, else {}: then the classes are the folders inside them."""
+    with os.scandir(raw) as listing:
+        folders = sorted(
+            entry.name
+            for entry in listing
+            if entry.is_dir(follow_symlinks=False) and not hidden(entry.name) and _utf8(entry.name)
+        )
+    splits = {name: split_named(name) for name in folders}
+    return splits if folders and all(splits.values()) else {}
+
+
+def split_named(name: str) -> str | None:
+    """The split a folder's name says it holds (Validation/ -> val), or None."""
+    return SPLIT_FOLDERS.get(name.lower())
 
 
 def _utf8(name: str) -> bool:

@@ -12,6 +12,13 @@ def summary(interim: store.Interim, out: Path, max_rows: int = 12) -> str:
     lines = [
         f"ingest: {len(interim.manifest)} images in "
         f"{len({row.label for row in interim.manifest})} classes -> {out}",
+    ]
+    if folders := interim.report["split_folders"]:
+        named = ", ".join(
+            f"{name}/" if name == split else f"{name}/ ({split})" for name, split in folders.items()
+        )
+        lines.append(f"  split folders {named}: the classes are the folders inside them")
+    lines += [
         "  " + ", ".join(f"{count} {verdict}" for verdict, count in files.items()),
         f"  {'class':<20}" + "".join(f"{verdict:>12}" for verdict in VERDICTS),
     ]
@@ -23,6 +30,7 @@ def summary(interim: store.Interim, out: Path, max_rows: int = 12) -> str:
     for name, counts in classes.items():
         if counts["accepted"] == 0:
             lines.append(f"warning: class folder '{name}' has no usable image; it is not a class")
+    lines.extend(f"warning: {warning}" for warning in interim.report["warnings"])
     problems = [(r.path, r.reason) for r in interim.quarantine] + [
         (r.path, r.detail) for r in interim.duplicates
     ]

@@ -2,8 +2,10 @@
 quarantine, duplicates and conflicts, and the report (pure).
 
 The same bytes twice in one class: the first path in sorted order is kept, the
-others are duplicates. The same bytes under two or more classes: no label can be
-trusted, and every copy is a conflict.
+others are duplicates; across split folders the copy in the most test-ward split
+is kept (prepare's rule for near-duplicates), so no image is both trained and
+tested on, and the run warns. The same bytes under two or more classes: no label
+can be trusted, and every copy is a conflict.
 """
 
 from collections import defaultdict
@@ -13,7 +15,7 @@ import numpy as np
 from pipeline import store
 from pipeline.ingest.cache import Kept
 from pipeline.ingest.decode import Decoded
-from pipeline.ingest.scan import Scan
+from pipeline.ingest.scan import Candidate, Scan, split_named
 from pipeline.params import CHANNELS, Ingest
 
 VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
@@ -24,37 +26,44 @@ def decide(
 ) -> store.Interim:
     """Turn per-file results into verdicts, arrays and the report (pure)."""
     quarantine = list(found.refused)
-    usable = defaultdict(list)  # sha256 -> [(path, label, result)], in path order
+    usable = defaultdict(list)  # sha256 -> [(candidate, result)], in path order
     for candidate, result in zip(found.candidates, decoded, strict=True):
         if result.reason is None:
-            usable[result.sha256].append((candidate.path, candidate.label, result))
+            usable[result.sha256].append((candidate, result))
         else:
             quarantine.append(store.QuarantineRow(candidate.path, result.reason))
     quarantine.sort(key=lambda row: row.path)
 
-    accepted, duplicates = [], []
+    accepted, duplicates, leaks = [], [], []
     for sha256, copies in usable.items():
-        labels = sorted({label for _, label, _ in copies})
+        labels = sorted({candidate.label for candidate, _ in copies})
         if len(labels) > 1:
             duplicates.extend(
                 store.DuplicateRow(
-                    path, label, sha256, "conflict", "same image in " + ", ".join(labels)
+                    c.path, c.label, sha256, "conflict", "same image in " + ", ".join(labels)
                 )
-                for path, label, _ in copies
+                for c, _ in copies
             )
             continue
-        accepted.append(copies[0])
+        # The most test-ward copy is kept; sorted is stable, so of equals the first path.
+        (chosen, decoding), *others = sorted(copies, key=lambda copy: -_test_ward(copy[0]))
+        accepted.append((chosen, decoding))
         duplicates.extend(
-            store.DuplicateRow(path, label, sha256, "duplicate", f"same image as {copies[0][0]}")
-            for path, label, _ in copies[1:]
+            store.DuplicateRow(c.path, c.label, sha256, "duplicate", _same_as(c, chosen))
+            for c, _ in others
         )
-    accepted.sort(key=lambda copy: copy[0])
+        leaks.extend(
+            (c.path, chosen.path) for c, _ in others if c.given_split != chosen.given_split
+        )
+    accepted.sort(key=lambda copy: copy[0].path)
     duplicates.sort(key=lambda row: row.path)
 
-    images = stack_pixels([result for _, _, result in accepted], settings, kept)
+    images = stack_pixels([result for _, result in accepted], settings, kept)
     manifest = [
-        store.ManifestRow(path, label, r.sha256, r.width, r.height, r.format, r.mode)
-        for path, label, r in accepted
+        store.ManifestRow(
+            c.path, c.label, r.sha256, r.width, r.height, r.format, r.mode, c.given_split
+        )
+        for c, r in accepted
     ]
     verdicts = {
         "accepted": [row.path for row in manifest],
@@ -63,7 +72,39 @@ def decide(
         "conflict": [row.path for row in duplicates if row.verdict == "conflict"],
         "ignored": found.ignored,
     }
-    return store.Interim(images, manifest, quarantine, duplicates, _report(verdicts, found))
+    report = _report(verdicts, found) | {"warnings": _warnings(found, leaks)}
+    return store.Interim(images, manifest, quarantine, duplicates, report)
+
+
+def _test_ward(candidate: Candidate) -> int:
+    """0 for train and plain class folders, 1 for val, 2 for test."""
+    return store.SPLITS.index(candidate.given_split or "train")
+
+
+def _same_as(copy: Candidate, kept: Candidate) -> str:
+    if copy.given_split == kept.given_split:
+        return f"same image as {kept.path}"
+    return f"same image as {kept.path}, in another split folder: kept in {kept.given_split} only"
+
+
+def _warnings(found: Scan, leaks: list[tuple[str, str]]) -> list[str]:
+    """The layout's surprises: a class folder named like a split among plain class
+    folders, and the same image in two split folders (a leak, removed here); `leaks` are
+    (left-out copy, kept copy) paths."""
+    warnings = [
+        f"class folder '{name}' is named like a split folder; if it holds a split, put every "
+        "class folder under train/, val/ and test/ (raw/train/<class>/...), else rename it"
+        for name in found.classes
+        if not found.split_folders and split_named(name)
+    ]
+    if leaks:
+        copy, kept = leaks[0]
+        warnings.append(
+            f"{len(leaks)} images are byte for byte in two split folders (first: {copy} and "
+            f"{kept}); each is kept in its most test-ward split only, so none is both trained "
+            "and tested on; remove the other copies (listed in duplicates.csv)"
+        )
+    return warnings
 
 
 def stack_pixels(results: list[Decoded], settings: Ingest, kept: Kept | None = None) -> np.ndarray:
@@ -83,10 +124,11 @@ def _report(verdicts: dict[str, list[str]], found: Scan) -> dict:
     per_class = {name: dict.fromkeys(VERDICTS, 0) for name in found.classes}
     for verdict, paths in verdicts.items():
         for path in paths:
-            name = path.split("/")[0]
+            name = found.class_of(path)
             if name in per_class:
                 per_class[name][verdict] += 1
     return {
         "files": {verdict: len(verdicts[verdict]) for verdict in VERDICTS},
         "classes": per_class,
+        "split_folders": found.split_folders,
     }
