@@ -258,11 +258,14 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
 
     Batches are read from prepare's memory-mapped arrays in a new order each
     epoch, drawn from base.seed. train.batch_size counts images per step on all
-    devices together. Per-epoch loss and accuracy for train and val, the epoch
-    time and images per second go to the dvclive folder (`dvc plots show` draws
-    them), and the backend, device and library versions to its params.yaml.
-    The model, summary.txt and architecture.png are saved when training ends.
-    Any Keras 3 backend: set KERAS_BACKEND=jax or torch (default tensorflow).
+    devices together. Per-epoch loss and accuracy for train and val go to the
+    dvclive folder (`dvc plots show` draws them), with the backend, device and
+    library versions in its params.yaml and each epoch's time and images per
+    second in speed.csv (not DVC metrics: they vary by machine). metrics.json
+    records `learned`: false, with a warning naming what to try, when the loss
+    stayed at the chance level or validation at the largest class's share. The
+    model, summary.txt and architecture.png are saved when training ends. Any
+    Keras 3 backend: set KERAS_BACKEND=jax or torch (default tensorflow).
 
     train.distribution: none, mirrored (every local GPU) or multi_worker (one
     process per machine, each started with its own TF_CONFIG, on tensorflow or
@@ -305,20 +308,20 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     type=_folder(exists=False),
     default=EVALUATION,
     show_default=True,
-    help="Where to write metrics.json, predictions.csv, the curves and errors.png.",
+    help="Where to write metrics.json, classes.csv, predictions.csv, the curves, the PNGs.",
 )
 @click.pass_context
 def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -> None:
     """Score the trained model on the test split.
 
-    metrics.json gets loss, accuracy, each class's precision, recall, F1 and
-    support, and the areas under the curves (DVC metrics). predictions.csv gets
-    each test image's actual and predicted class and confidence, which
-    `dvc plots show` draws as a confusion matrix; roc.csv and
-    precision_recall.csv hold the curves (the second class's with two classes,
-    micro-averaged with more); errors.png shows the most confidently wrong test
-    images. A model trained with another label map or for other input shapes is
-    refused.
+    metrics.json gets what experiments compare (DVC metrics): accuracy, loss,
+    macro F1, ROC AUC and the image count; classes.csv each class's precision,
+    recall, F1 and support. predictions.csv gets each test image's actual and
+    predicted class and confidence, which `dvc plots show` draws as a confusion
+    matrix (confusion.png has the counts); roc.csv and precision_recall.csv hold
+    the curves (the second class's with two classes, micro-averaged with more);
+    errors.png shows the most confidently wrong test images. A model trained
+    with another label map or for other input shapes is refused.
     """
     _params(ctx)  # validated like every stage, though evaluation reads no setting yet
     load_keras()
