@@ -14,7 +14,7 @@ from pipeline import ingest, prepare, store
 from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Prepare
-from tests.conftest import default_params, encode, photo_like, write_params
+from tests.conftest import DATASETS, default_params, encode, photo_like, write_params
 
 
 def settings(**overrides) -> Prepare:
@@ -85,6 +85,38 @@ def test_groups_are_transitive_and_take_the_most_test_ward_split():
         assert {splits[i] for i in members} == {highest}
 
 
+def all_close_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int]]:
+    """The reference: every pair's distance bit by bit, i < j, by i then j."""
+    bits = np.unpackbits(hashes.view(np.uint8), axis=1).astype(bool)  # (N, 256)
+    distances = (bits[:, None, :] != bits[None, :, :]).sum(axis=2)
+    return list(map(tuple, np.argwhere(np.triu(distances <= max_distance, 1)).tolist()))
+
+
+def planted_hashes(count: int, distances: list[int], seed: int = 0) -> np.ndarray:
+    """Random 256-bit hashes, then for each distance a copy of 10 of them with exactly
+    that many bits flipped, all shuffled so that copies land before and after their
+    originals."""
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 2, (count, 256), dtype=np.uint8)
+    copies = []
+    for distance in distances:
+        for original in rng.choice(count, 10, replace=False):
+            copy = bits[original].copy()
+            copy[rng.choice(256, distance, replace=False)] ^= 1
+            copies.append(copy)
+    bits = rng.permutation(np.concatenate([bits, copies]))
+    return np.packbits(bits, axis=1).view(">u8").astype(np.uint64)
+
+
+@pytest.mark.parametrize("max_distance", [-1, 0, 1, 8, 24, 110, 256])
+def test_near_duplicate_pairs_are_exactly_the_close_pairs_in_order(max_distance):
+    # Copies around each threshold; near 110 bits, about 1% of random pairs are close too.
+    hashes = planted_hashes(400, [0, 1, 2, 7, 8, 9, 23, 24, 25])
+    pairs = prepare.near_duplicate_pairs(hashes, max_distance, block=64)  # 8 x 8 tiles
+    assert pairs.dtype == np.int64
+    assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
+
+
 @pytest.mark.parametrize("block", [1, 4, 7, 64])
 def test_near_duplicate_pairs_are_every_close_pair_once_whatever_the_block(block):
     rng = np.random.default_rng(0)
@@ -92,15 +124,42 @@ def test_near_duplicate_pairs_are_every_close_pair_once_whatever_the_block(block
     hashes[10:20] = hashes[:10]
     hashes[10:20, 0] ^= np.uint64(0b111)  # 3 bits from an earlier image
     hashes[25] = hashes[5]  # close to 5 and 15, across blocks
-    distance = [
-        sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(x, y, strict=True))
-        for x in hashes
-        for y in hashes
-    ]
-    expected = [(i, j) for i in range(30) for j in range(i + 1, 30) if distance[i * 30 + j] <= 3]
+    expected = all_close_pairs(hashes, 3)
     pairs = prepare.near_duplicate_pairs(hashes, max_distance=3, block=block)
-    assert sorted(map(tuple, pairs.tolist())) == expected
+    assert list(map(tuple, pairs.tolist())) == expected
     assert len(expected) == 10 + 2  # each edited copy with its original; 25 with 5 and 15
+
+
+def _resized_reencoded(image: Image.Image) -> Image.Image:
+    buffer = io.BytesIO()
+    image.resize((image.width // 2, image.height // 2)).save(buffer, "JPEG", quality=60)
+    return Image.open(buffer)
+
+
+def test_near_duplicate_pairs_are_exactly_the_close_pairs_of_real_perceptual_hashes():
+    originals = [photo_like(i) for i in range(200)]
+    images = originals + [_resized_reencoded(image) for image in originals[::4]]
+    pixels = np.stack([np.asarray(image.convert("RGB").resize((64, 64))) for image in images])
+    hashes = prepare.perceptual_hashes(pixels)
+    for max_distance in (0, 16, 24, 96):
+        pairs = prepare.near_duplicate_pairs(hashes, max_distance, block=32)
+        assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
+    assert len(pairs) > 50 + 25  # the 50 copies and more: these hashes are not random
+
+
+@pytest.mark.skipif(not (DATASETS / "trashnet").is_dir(), reason="no shared trashnet data set")
+def test_near_duplicate_pairs_are_exactly_the_close_pairs_of_trashnet_photos():
+    files = sorted((DATASETS / "trashnet").glob("*/*.jpg"))[::5]  # about 500 of 2,527
+    pixels = []
+    for file in files:
+        with Image.open(file) as image:
+            image.draft("RGB", (64, 64))
+            pixels.append(np.asarray(image.convert("RGB").resize((64, 64))))
+    hashes = prepare.perceptual_hashes(np.stack(pixels))
+    for max_distance in (24, 80, 110):
+        pairs = prepare.near_duplicate_pairs(hashes, max_distance, block=128)
+        assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
+    assert len(pairs) > 1000  # these photos have no copies: only far thresholds pair them
 
 
 def test_the_leakage_metric_counts_pairs_split_apart():
