@@ -12,12 +12,14 @@ import functools
 import hashlib
 import io
 import json
+import math
+import mmap
 import operator
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -371,12 +373,47 @@ WRITE_PIECE = 1 << 20
 
 def save_array(path: Path, array: np.ndarray) -> None:
     """Write what np.save(allow_pickle=False) writes, the data in WRITE_PIECE pieces."""
-    array = np.ascontiguousarray(array)
-    data = memoryview(array.reshape(-1).view(np.uint8))
+    with array_writer(path, array.shape, array.dtype) as write:
+        write(array)
+
+
+@contextmanager
+def array_writer(path: Path, shape: tuple[int, ...], dtype) -> Iterator[Callable]:
+    """Write the array of `shape` and `dtype` at `path` a block of rows at a time: the
+    function yielded appends rows, in order. The bytes are np.save's of the whole array;
+    the file is renamed into place only once every row is written. Written with write(),
+    not through a memory map, whose pages would count in the process's RSS."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(map(int, shape)),  # an np.int64 would be written "np.int64(3)"
+    }
+    size = np.dtype(dtype).itemsize * math.prod(shape)
     with atomic_path(path) as temporary, temporary.open("wb") as file:
-        np.lib.format.write_array_header_1_0(file, np.lib.format.header_data_from_array_1_0(array))
-        for start in range(0, len(data), WRITE_PIECE):
-            file.write(data[start : start + WRITE_PIECE])
+        np.lib.format.write_array_header_1_0(file, header)
+        start = file.tell()
+
+        def write(rows: np.ndarray) -> None:
+            data = memoryview(np.ascontiguousarray(rows).reshape(-1).view(np.uint8))
+            for piece in range(0, len(data), WRITE_PIECE):
+                file.write(data[piece : piece + WRITE_PIECE])
+
+        yield write
+        if file.tell() - start != size:  # then never renamed into place
+            raise ValueError(f"{path}: {file.tell() - start} bytes written, not {size}")
+
+
+def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of `array`, in memory. From a whole array load_array mapped, they are
+    read from its file, not through the map: pages read through a map stay in the process's
+    RSS until it is unmapped, so one pass over a mapped array would grow RSS to its size."""
+    if not isinstance(array.base, mmap.mmap):  # in memory, or part of a mapped array
+        return np.asarray(array[start:stop])
+    shape = array[start:stop].shape  # a view: no page is read
+    row_bytes = array.dtype.itemsize * math.prod(shape[1:])
+    return np.fromfile(
+        array.filename, array.dtype, math.prod(shape), offset=array.offset + start * row_bytes
+    ).reshape(shape)
 
 
 @contextmanager
