@@ -19,8 +19,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +142,13 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Processed:
-    """What prepare produces: one `Split` per name in SPLITS, and the label map."""
+    """What prepare decides before it writes a pixel: each image's split (rows) and labels,
+    the label map and the report. The views go from the ingested images to each split's
+    files block by block (write_processed); read_split reads them back."""
 
-    splits: dict[str, Split]
     class_indices: dict[str, int]  # class name -> index, sorted by name
-    rows: list[SplitRow]
+    rows: list[SplitRow]  # one per image, in the manifest's order
+    labels: np.ndarray  # one row per image, in the same order: as Split.labels
     report: dict
 
 
@@ -179,13 +181,48 @@ def read_interim(folder: Path) -> Interim:
     )
 
 
-def write_processed(folder: Path, processed: Processed) -> None:
+def write_processed(
+    folder: Path,
+    processed: Processed,
+    view_shapes: list[tuple[int, ...]],
+    view_blocks: Iterable[list[np.ndarray]],
+) -> None:
+    """Prepare's outputs. `view_blocks` yields, for consecutive blocks of images in manifest
+    order, each view's rows of them (views of `view_shapes`); every row goes to its split's
+    file as its block comes, so no view is ever whole in memory."""
     arrays = [path.name for path in folder.glob("*.npy")]  # views may be fewer than last time
     clear_outputs(folder, [*arrays, "labels.json", "splits.csv"])
-    for name, split in processed.splits.items():
-        write_split(folder, name, split)
+    splits = np.array([row.split for row in processed.rows])
+    # The labels first: a run killed in the long write of the views after them has files in
+    # place, but never splits.csv (tests/test_interrupt.py kills it there).
+    for name in SPLITS:
+        save_array(folder / f"{name}_labels.npy", processed.labels[splits == name])
+    with ExitStack() as files:
+        writers = {
+            name: [
+                files.enter_context(
+                    array_writer(folder / f"{name}_view{index}.npy", (count, *shape), np.uint8)
+                )
+                for index, shape in enumerate(view_shapes)
+            ]
+            for name, count in ((name, np.count_nonzero(splits == name)) for name in SPLITS)
+        }
+        start = 0
+        for block in view_blocks:
+            _write_block(writers, splits[start : start + len(block[0])], block)
+            start += len(block[0])
+            del block  # now, not once the next block is made
     write_json(folder / "labels.json", processed.class_indices)
     _write_rows(folder / "splits.csv", SplitRow, processed.rows)  # last: complete when present
+
+
+def _write_block(
+    writers: dict[str, list[Callable]], splits: np.ndarray, block: list[np.ndarray]
+) -> None:
+    """Each view's rows of one block of images to their splits' files."""
+    for name, writes in writers.items():
+        for write, rows in zip(writes, block, strict=True):
+            write(rows[splits == name])
 
 
 @contextmanager
@@ -227,7 +264,8 @@ def clear_outputs(folder: Path, names) -> None:
 
 
 def write_split(folder: Path, name: str, split: Split) -> None:
-    """One split's arrays, as read_split reads them (write_processed writes every split)."""
+    """One split's arrays from memory, as read_split reads them (write_processed streams
+    prepare's)."""
     for index, view in enumerate(split.views):
         save_array(folder / f"{name}_view{index}.npy", view)
     save_array(folder / f"{name}_labels.npy", split.labels)
