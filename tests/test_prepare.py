@@ -14,7 +14,15 @@ from pipeline import ingest, prepare, store
 from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Prepare
-from tests.conftest import default_params, encode, photo_like, snapshot, write_params
+from tests.conftest import (
+    BIN,
+    default_params,
+    encode,
+    peak_rss,
+    photo_like,
+    snapshot,
+    write_params,
+)
 
 
 def settings(**overrides) -> Prepare:
@@ -346,6 +354,29 @@ def test_blocks_of_any_size_write_the_same_bytes(photos):
         written.append([snapshot(photos.parent / name) for name in ("processed", "report")])
     assert processed.report["near_duplicates"]["pairs"] == 1
     assert written[0] == written[1] == written[2]
+
+
+def peak_rss_of_prepare(folder, count: int) -> int:
+    """Bytes: the peak RSS of an `imgpipe prepare` process of `count` noise images of
+    128x128 RGB, its one view those images as they are."""
+    store.write_interim(folder / "interim", noise_interim(count, shape=(128, 128, 3)))
+    rgb = {"image_size": [128, 128], "color_mode": "rgb"}
+    params = write_params(folder / "params.yaml", ingest=rgb, prepare={"views": [rgb]})
+    return peak_rss([BIN / "imgpipe", "--params", params, "prepare", "--interim",
+                     folder / "interim", "--out", folder / "processed",
+                     "--report-dir", folder / "report"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_prepares_peak_memory_grows_with_its_block_size_not_with_the_images(tmp_path):
+    # 6000 images of 128x128 RGB are 281 MiB of pixels, more than the 256 MiB allowed
+    # beyond the run on 60 images. prepare before blocks held twice that: every page of
+    # images.npy read through its map (such pages count in RSS) and each split's copy of
+    # its view (698 MB, against 137 MB for 60 images). In blocks it holds about two
+    # blocks at most: 211 MB, against 136 MB.
+    few = peak_rss_of_prepare(tmp_path / "few", 60)
+    many = peak_rss_of_prepare(tmp_path / "many", 6000)
+    assert many < few + 4 * prepare.CHUNK_BYTES, (few, many)
 
 
 def test_two_views_are_derived_from_the_same_ingested_image(photos):
