@@ -197,6 +197,7 @@ def write_processed(
     # place, but never splits.csv (tests/test_interrupt.py kills it there).
     for name in SPLITS:
         save_array(folder / f"{name}_labels.npy", processed.labels[splits == name])
+    counts = {name: np.count_nonzero(splits == name) for name in SPLITS}
     with ExitStack() as files:
         writers = {
             name: [
@@ -205,7 +206,7 @@ def write_processed(
                 )
                 for index, shape in enumerate(view_shapes)
             ]
-            for name, count in ((name, np.count_nonzero(splits == name)) for name in SPLITS)
+            for name, count in counts.items()
         }
         start = 0
         for block in view_blocks:
