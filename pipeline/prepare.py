@@ -409,15 +409,20 @@ def class_balance_figure(report: dict, classes: list[str]):
 
 
 def samples_png(
-    processed: store.Processed, train: store.Split, per_class: int = 8, max_classes: int = 20
+    processed: store.Processed,
+    images: np.ndarray,
+    view: View,
+    per_class: int = 8,
+    max_classes: int = 20,
 ) -> bytes:
-    """A grid of the first training images of each class (first view), one row per class."""
-    labels = [row.label for row in processed.rows if row.split == "train"]
+    """A grid of the first training images of each class as `view` makes them from the
+    ingested `images`, one row per class."""
+    train = [(i, row.label) for i, row in enumerate(processed.rows) if row.split == "train"]
     classes = list(processed.class_indices)[:max_classes]
     rows = [
         [
-            train.views[0][i]
-            for i in [i for i, label in enumerate(labels) if label == name][:per_class]
+            derive_view(images[i : i + 1], view)[0]
+            for i in [i for i, label in train if label == name][:per_class]
         ]
         for name in classes
     ]
@@ -435,16 +440,18 @@ def run(
     for their hashes, then for the views, which go to the split files as they are made."""
     interim = store.read_interim(interim_dir)
     processed = prepare(interim, settings, chunk_bytes)
+    # All but the views is made before the first output is cleared: a run that fails or is
+    # killed in that long part leaves the last run's outputs as they were.
+    plots = {
+        "class_balance.png": class_balance_png(processed.report, list(processed.class_indices)),
+        "samples.png": samples_png(processed, interim.images, settings.views[0]),
+    }
     rows = block_rows(interim.images, settings, chunk_bytes)
     view_blocks = map(  # map keeps no block once its views are made; a generator would
         lambda block: [derive_view(block, view) for view in settings.views],
         blocks(interim.images, rows),
     )
     store.write_processed(out, processed, view_shapes(settings), view_blocks)
-    plots = {
-        "class_balance.png": class_balance_png(processed.report, list(processed.class_indices)),
-        "samples.png": samples_png(processed, store.read_split(out, "train")),
-    }
     store.clear_outputs(report_dir, [*plots, "report.json"])
     for name, data in plots.items():
         store.write_bytes(report_dir / name, data)
