@@ -207,7 +207,7 @@ def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> N
     from pipeline import prepare as stage
 
     processed = stage.run(interim, out, report_dir, settings)
-    sizes = ", ".join(f"{name} {len(split.labels)}" for name, split in processed.splits.items())
+    sizes = ", ".join(f"{name} {n['total']}" for name, n in processed.report["splits"].items())
     near = processed.report["near_duplicates"]
     click.echo(
         f"prepare: {len(processed.class_indices)} classes; {sizes} -> {out}\n"

@@ -15,7 +15,9 @@ in two given splits cannot be joined, so they are counted as leakage and warned 
 """
 
 import hashlib
+import math
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -38,6 +40,11 @@ SPLIT_TOLERANCE = 0.10
 # The leaking near-duplicate pairs report.json lists by path; splits.csv's group column
 # holds them all.
 LISTED_LEAKS = 20
+
+# Pixels go through prepare in blocks of images, each of a block's arrays (the ingested
+# pixels, their thumbnails, each view) at most this size, so that its memory does not grow
+# with the number of images: at its peak it holds about two blocks' worth.
+CHUNK_BYTES = 64 << 20
 
 
 def split_mode(manifest: list[store.ManifestRow], settings: Prepare) -> str:
@@ -73,22 +80,50 @@ def _dct_matrix(size: int) -> np.ndarray:
 
 
 DCT_32 = _dct_matrix(32)
+THUMBNAIL_BYTES = DCT_32.nbytes  # an image's 32x32 float64 thumbnail for its hash
 
 
-def perceptual_hashes(images: np.ndarray) -> np.ndarray:
+def block_rows(images: np.ndarray, settings: Prepare, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Images per block: as many as keep each of a block's arrays (its ingested pixels, their
+    thumbnails, each view) within `chunk_bytes`; at least one."""
+    per_image = [
+        images.dtype.itemsize * math.prod(images.shape[1:]),
+        THUMBNAIL_BYTES,
+        *(math.prod(shape) for shape in view_shapes(settings)),
+    ]
+    return max(1, chunk_bytes // max(per_image))
+
+
+def blocks(images: np.ndarray, rows: int) -> Iterator[np.ndarray]:
+    """`images` in consecutive blocks of `rows` images, each read into memory on its own."""
+    for start in range(0, len(images), rows):
+        yield store.read_rows(images, start, start + rows)
+
+
+def perceptual_hashes(images: np.ndarray, rows: int) -> np.ndarray:
     """(N, 4) uint64: a 256-bit perceptual hash (pHash) of each (H, W, C) uint8 image.
 
-    A pHash as imagehash computes one, vectorised over the whole array: a 32x32
-    grayscale thumbnail, its 2-D DCT, and one bit per frequency of the lowest
-    16x16, set where it is above their median. 256 bits rather than the usual
+    A pHash as imagehash computes one, vectorised over a block of `rows` images at a
+    time: a 32x32 grayscale thumbnail, its 2-D DCT, and one bit per frequency of the
+    lowest 16x16, set where it is above their median. 256 bits rather than the usual
     64: on the MNIST demo the 64-bit hash gives different digits identical hashes.
     """
+    hashes = [np.empty((0, 4), np.uint64)]
+    with tqdm(
+        total=len(images), desc="perceptual hashes", unit="img", disable=None, leave=False
+    ) as progress:
+        for block in blocks(images, rows):
+            hashes.append(_block_hashes(block))
+            progress.update(len(block))
+            del block  # now, not once the next block is read
+    return np.concatenate(hashes)
+
+
+def _block_hashes(images: np.ndarray) -> np.ndarray:
     small = np.stack(
         [
             np.asarray(_pil(image).convert("L").resize((32, 32), Image.Resampling.BOX), np.float64)
-            for image in tqdm(
-                images, desc="perceptual hashes", unit="img", disable=None, leave=False
-            )
+            for image in images
         ]
     )  # (N, 32, 32)
     low = (DCT_32 @ small @ DCT_32.T)[:, :16, :16].reshape(len(images), 256)
@@ -209,6 +244,11 @@ def encode_labels(indices: np.ndarray, num_classes: int, label_mode: str) -> np.
     return np.eye(num_classes, dtype=np.float32)[indices]
 
 
+def view_shapes(settings: Prepare) -> list[tuple[int, int, int]]:
+    """(height, width, channels) of each view."""
+    return [(*view.image_size, CHANNELS[view.color_mode]) for view in settings.views]
+
+
 def derive_view(images: np.ndarray, view: View) -> np.ndarray:
     """Resize and convert ingested (N, H, W, C) images into one model input."""
     height, width = view.image_size
@@ -230,7 +270,11 @@ def _pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
 
 
-def prepare(interim: store.Interim, settings: Prepare) -> store.Processed:
+def prepare(
+    interim: store.Interim, settings: Prepare, chunk_bytes: int = CHUNK_BYTES
+) -> store.Processed:
+    """Each image's split and labels, the label map and the report: all but the views,
+    which `run` writes."""
     manifest = interim.manifest
     classes = sorted({row.label for row in manifest})  # Keras' convention: sorted names
     if len(classes) < 2:
@@ -241,22 +285,16 @@ def prepare(interim: store.Interim, settings: Prepare) -> store.Processed:
     class_indices = {name: index for index, name in enumerate(classes)}
     mode = split_mode(manifest, settings)
     given = [row.given_split for row in manifest] if mode == "folders" else None
-    hashes = perceptual_hashes(interim.images)
+    hashes = perceptual_hashes(interim.images, block_rows(interim.images, settings, chunk_bytes))
     pairs = near_duplicate_pairs(hashes, settings.near_duplicate_distance)
     groups = group_of(len(manifest), pairs)
     splits, natural = assign_splits([row.sha256 for row in manifest], groups, settings, given)
     labels = encode_labels(
         np.array([class_indices[row.label] for row in manifest]), len(classes), settings.label_mode
     )
-    views = [derive_view(interim.images, view) for view in settings.views]
-    names = np.array(splits)
-    arrays = {}
-    for name in store.SPLITS:
-        chosen = np.flatnonzero(names == name)
-        # An empty validation split is allowed (training then runs without one).
-        if len(chosen) == 0 and name != "val":
+    for name in ("train", "test"):  # an empty val split is allowed (training runs without)
+        if name not in splits:
             raise PipelineError(_empty_split(name, splits, natural, settings, given))
-        arrays[name] = store.Split([view[chosen] for view in views], labels[chosen])
     sizes = Counter(groups.tolist())
     rows = [
         store.SplitRow(
@@ -273,7 +311,7 @@ def prepare(interim: store.Interim, settings: Prepare) -> store.Processed:
     report = _report(rows, classes, pairs, sizes, leaks(pairs, splits))
     report["split"] = {"mode": mode, "given": sorted(set(given or []), key=store.SPLITS.index)}
     report["warnings"] = split_warnings(report, classes, settings)
-    return store.Processed(arrays, class_indices, rows, report)
+    return store.Processed(class_indices, rows, labels, report)
 
 
 def _empty_split(name: str, splits, natural, settings: Prepare, given) -> str:
@@ -396,28 +434,50 @@ def class_balance_figure(report: dict, classes: list[str]):
     return figure
 
 
-def samples_png(processed: store.Processed, per_class: int = 8, max_classes: int = 20) -> bytes:
-    """A grid of the first training images of each class (first view), one row per class."""
-    train = processed.splits["train"]
-    labels = [row.label for row in processed.rows if row.split == "train"]
+def samples_png(
+    processed: store.Processed,
+    images: np.ndarray,
+    view: View,
+    per_class: int = 8,
+    max_classes: int = 20,
+) -> bytes:
+    """A grid of the first training images of each class as `view` makes them from the
+    ingested `images`, one row per class."""
+    train = [(i, row.label) for i, row in enumerate(processed.rows) if row.split == "train"]
     classes = list(processed.class_indices)[:max_classes]
     rows = [
         [
-            train.views[0][i]
-            for i in [i for i, label in enumerate(labels) if label == name][:per_class]
+            derive_view(images[i : i + 1], view)[0]
+            for i in [i for i, label in train if label == name][:per_class]
         ]
         for name in classes
     ]
     return figures.image_grid(rows, "Training samples per class", row_titles=classes)
 
 
-def run(interim_dir: Path, out: Path, report_dir: Path, settings: Prepare) -> store.Processed:
-    processed = prepare(store.read_interim(interim_dir), settings)
+def run(
+    interim_dir: Path,
+    out: Path,
+    report_dir: Path,
+    settings: Prepare,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> store.Processed:
+    """Prepare's outputs; the ingested images pass through memory a block at a time, twice:
+    for their hashes, then for the views, which go to the split files as they are made."""
+    interim = store.read_interim(interim_dir)
+    processed = prepare(interim, settings, chunk_bytes)
+    # All but the views is made before the first output is cleared: a run that fails or is
+    # killed in that long part leaves the last run's outputs as they were.
     plots = {
         "class_balance.png": class_balance_png(processed.report, list(processed.class_indices)),
-        "samples.png": samples_png(processed),
+        "samples.png": samples_png(processed, interim.images, settings.views[0]),
     }
-    store.write_processed(out, processed)
+    rows = block_rows(interim.images, settings, chunk_bytes)
+    view_blocks = map(  # map keeps no block once its views are made; a generator would
+        lambda block: [derive_view(block, view) for view in settings.views],
+        blocks(interim.images, rows),
+    )
+    store.write_processed(out, processed, view_shapes(settings), view_blocks)
     store.clear_outputs(report_dir, [*plots, "report.json"])
     for name, data in plots.items():
         store.write_bytes(report_dir / name, data)

@@ -12,13 +12,15 @@ import functools
 import hashlib
 import io
 import json
+import math
+import mmap
 import operator
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -140,11 +142,13 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Processed:
-    """What prepare produces: one `Split` per name in SPLITS, and the label map."""
+    """What prepare decides before it writes a pixel: each image's split (rows) and labels,
+    the label map and the report. The views go from the ingested images to each split's
+    files block by block (write_processed); read_split reads them back."""
 
-    splits: dict[str, Split]
     class_indices: dict[str, int]  # class name -> index, sorted by name
-    rows: list[SplitRow]
+    rows: list[SplitRow]  # one per image, in the manifest's order
+    labels: np.ndarray  # one row per image, in the same order: as Split.labels
     report: dict
 
 
@@ -177,13 +181,49 @@ def read_interim(folder: Path) -> Interim:
     )
 
 
-def write_processed(folder: Path, processed: Processed) -> None:
+def write_processed(
+    folder: Path,
+    processed: Processed,
+    view_shapes: list[tuple[int, ...]],
+    view_blocks: Iterable[list[np.ndarray]],
+) -> None:
+    """Prepare's outputs. `view_blocks` yields, for consecutive blocks of images in manifest
+    order, each view's rows of them (views of `view_shapes`); every row goes to its split's
+    file as its block comes, so no view is ever whole in memory."""
     arrays = [path.name for path in folder.glob("*.npy")]  # views may be fewer than last time
     clear_outputs(folder, [*arrays, "labels.json", "splits.csv"])
-    for name, split in processed.splits.items():
-        write_split(folder, name, split)
+    splits = np.array([row.split for row in processed.rows])
+    # The labels first: a run killed in the long write of the views after them has files in
+    # place, but never splits.csv (tests/test_interrupt.py kills it there).
+    for name in SPLITS:
+        save_array(folder / f"{name}_labels.npy", processed.labels[splits == name])
+    counts = {name: np.count_nonzero(splits == name) for name in SPLITS}
+    with ExitStack() as files:
+        writers = {
+            name: [
+                files.enter_context(
+                    array_writer(folder / f"{name}_view{index}.npy", (count, *shape), np.uint8)
+                )
+                for index, shape in enumerate(view_shapes)
+            ]
+            for name, count in counts.items()
+        }
+        start = 0
+        for block in view_blocks:
+            _write_block(writers, splits[start : start + len(block[0])], block)
+            start += len(block[0])
+            del block  # now, not once the next block is made
     write_json(folder / "labels.json", processed.class_indices)
     _write_rows(folder / "splits.csv", SplitRow, processed.rows)  # last: complete when present
+
+
+def _write_block(
+    writers: dict[str, list[Callable]], splits: np.ndarray, block: list[np.ndarray]
+) -> None:
+    """Each view's rows of one block of images to their splits' files."""
+    for name, writes in writers.items():
+        for write, rows in zip(writes, block, strict=True):
+            write(rows[splits == name])
 
 
 @contextmanager
@@ -225,7 +265,8 @@ def clear_outputs(folder: Path, names) -> None:
 
 
 def write_split(folder: Path, name: str, split: Split) -> None:
-    """One split's arrays, as read_split reads them (write_processed writes every split)."""
+    """One split's arrays from memory, as read_split reads them (write_processed streams
+    prepare's)."""
     for index, view in enumerate(split.views):
         save_array(folder / f"{name}_view{index}.npy", view)
     save_array(folder / f"{name}_labels.npy", split.labels)
@@ -371,12 +412,47 @@ WRITE_PIECE = 1 << 20
 
 def save_array(path: Path, array: np.ndarray) -> None:
     """Write what np.save(allow_pickle=False) writes, the data in WRITE_PIECE pieces."""
-    array = np.ascontiguousarray(array)
-    data = memoryview(array.reshape(-1).view(np.uint8))
+    with array_writer(path, array.shape, array.dtype) as write:
+        write(array)
+
+
+@contextmanager
+def array_writer(path: Path, shape: tuple[int, ...], dtype) -> Iterator[Callable]:
+    """Write the array of `shape` and `dtype` at `path` a block of rows at a time: the
+    function yielded appends rows, in order. The bytes are np.save's of the whole array;
+    the file is renamed into place only once every row is written. Written with write(),
+    not through a memory map, whose pages would count in the process's RSS."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(map(int, shape)),  # an np.int64 would be written "np.int64(3)"
+    }
+    size = np.dtype(dtype).itemsize * math.prod(shape)
     with atomic_path(path) as temporary, temporary.open("wb") as file:
-        np.lib.format.write_array_header_1_0(file, np.lib.format.header_data_from_array_1_0(array))
-        for start in range(0, len(data), WRITE_PIECE):
-            file.write(data[start : start + WRITE_PIECE])
+        np.lib.format.write_array_header_1_0(file, header)
+        start = file.tell()
+
+        def write(rows: np.ndarray) -> None:
+            data = memoryview(np.ascontiguousarray(rows).reshape(-1).view(np.uint8))
+            for piece in range(0, len(data), WRITE_PIECE):
+                file.write(data[piece : piece + WRITE_PIECE])
+
+        yield write
+        if file.tell() - start != size:  # then never renamed into place
+            raise ValueError(f"{path}: {file.tell() - start} bytes written, not {size}")
+
+
+def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of `array`, in memory. From a whole array load_array mapped, they are
+    read from its file, not through the map: pages read through a map stay in the process's
+    RSS until it is unmapped, so one pass over a mapped array would grow RSS to its size."""
+    if not isinstance(array.base, mmap.mmap):  # in memory, or part of a mapped array
+        return np.asarray(array[start:stop])
+    shape = array[start:stop].shape  # a view: no page is read
+    row_bytes = array.dtype.itemsize * math.prod(shape[1:])
+    return np.fromfile(
+        array.filename, array.dtype, math.prod(shape), offset=array.offset + start * row_bytes
+    ).reshape(shape)
 
 
 @contextmanager

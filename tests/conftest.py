@@ -108,6 +108,24 @@ def photo_like(seed: int, size=(96, 72)) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+# Runs a command in a fresh interpreter and prints its peak RSS: a process started from a
+# large one (subprocess forks or vforks) counts that one's peak RSS as its own.
+_PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)  # KiB on Linux
+"""
+
+
+def peak_rss(command: list, env: dict | None = None) -> int:
+    """Bytes: the peak resident memory of `command`'s process (ru_maxrss); it must succeed."""
+    import subprocess
+
+    measured = subprocess.run([sys.executable, "-c", _PEAK_RSS, *map(str, command)], env=env,
+                              stdout=subprocess.PIPE, text=True, check=True)  # fmt: skip
+    return int(measured.stdout)
+
+
 @contextlib.contextmanager
 def deadline(seconds: int, what: str):
     """Turn a hang into a failure: TimeoutError(`what`) after `seconds` (SIGALRM)."""

@@ -14,7 +14,16 @@ from pipeline import ingest, prepare, store
 from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Prepare
-from tests.conftest import DATASETS, default_params, encode, photo_like, write_params
+from tests.conftest import (
+    BIN,
+    DATASETS,
+    default_params,
+    encode,
+    peak_rss,
+    photo_like,
+    snapshot,
+    write_params,
+)
 
 
 def settings(**overrides) -> Prepare:
@@ -29,20 +38,29 @@ def _hash(i: int) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 
 
-def noise_interim(count: int, classes=("b", "a", "c"), seed: int = 0) -> store.Interim:
-    """Distinct random images: no two are near-duplicates."""
+def noise_interim(
+    count: int, classes=("b", "a", "c"), seed: int = 0, shape=(64, 64, 1)
+) -> store.Interim:
+    """Distinct random images of `shape`: no two are near-duplicates."""
     rng = np.random.default_rng(seed)
     rows = [
         store.ManifestRow(f"{classes[i % len(classes)]}/{i}.png", classes[i % len(classes)],
                           _hash(i), 64, 64, "PNG", "L")
         for i in range(count)
     ]  # fmt: skip
-    images = rng.integers(0, 256, (count, 64, 64, 1), dtype=np.uint8)
+    images = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
     return store.Interim(images, rows, [], [], {})
 
 
 def ingested(photos) -> store.Interim:
+    """Ingest of `photos` into photos.parent / "interim"."""
     return ingest.run(photos, photos.parent / "interim", RGB_INGEST)
+
+
+def run_in(folder, settings=SETTINGS, chunk_bytes=prepare.CHUNK_BYTES) -> store.Processed:
+    """prepare.run of folder/interim into folder/processed and folder/report."""
+    out, report = folder / "processed", folder / "report"
+    return prepare.run(folder / "interim", out, report, settings, chunk_bytes)
 
 
 # --- the split ---------------------------------------------------------------------
@@ -140,7 +158,7 @@ def test_near_duplicate_pairs_are_exactly_the_close_pairs_of_real_perceptual_has
     originals = [photo_like(i) for i in range(200)]
     images = originals + [_resized_reencoded(image) for image in originals[::4]]
     pixels = np.stack([np.asarray(image.convert("RGB").resize((64, 64))) for image in images])
-    hashes = prepare.perceptual_hashes(pixels)
+    hashes = prepare.perceptual_hashes(pixels, rows=64)
     for max_distance in (0, 16, 24, 96):
         pairs = prepare.near_duplicate_pairs(hashes, max_distance, block=32)
         assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
@@ -155,11 +173,18 @@ def test_near_duplicate_pairs_are_exactly_the_close_pairs_of_trashnet_photos():
         with Image.open(file) as image:
             image.draft("RGB", (64, 64))
             pixels.append(np.asarray(image.convert("RGB").resize((64, 64))))
-    hashes = prepare.perceptual_hashes(np.stack(pixels))
+    hashes = prepare.perceptual_hashes(np.stack(pixels), rows=128)
     for max_distance in (24, 80, 110):
         pairs = prepare.near_duplicate_pairs(hashes, max_distance, block=128)
         assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
     assert len(pairs) > 1000  # these photos have no copies: only far thresholds pair them
+
+
+def test_perceptual_hashes_do_not_depend_on_how_many_images_a_block_holds():
+    images = noise_interim(20).images
+    whole = prepare.perceptual_hashes(images, rows=20)
+    for rows in (1, 7):
+        np.testing.assert_array_equal(prepare.perceptual_hashes(images, rows), whole)
 
 
 def test_the_leakage_metric_counts_pairs_split_apart():
@@ -355,16 +380,63 @@ def test_the_label_map_is_sorted_and_a_new_class_shifts_later_indices():
     assert grown.class_indices == {"a": 0, "b": 1, "c": 2}  # documented: sorted order
 
 
-def test_pixels_stay_with_their_labels_in_every_split():
+# prepare's blocks of one image, of a few (7 of noise_interim's, whose 32x32 float64
+# thumbnails are their largest arrays; 4 of 64x64 RGB images), and of all the images.
+BLOCKS = {"one": 1, "few": 7 * prepare.THUMBNAIL_BYTES, "all": prepare.CHUNK_BYTES}
+
+
+@pytest.mark.parametrize("chunk_bytes", BLOCKS.values(), ids=BLOCKS)
+def test_pixels_stay_with_their_labels_in_every_split(tmp_path, chunk_bytes):
     interim = noise_interim(90)
-    processed = prepare.prepare(interim, SETTINGS)
+    store.write_interim(tmp_path / "interim", interim)
+    processed = run_in(tmp_path, chunk_bytes=chunk_bytes)
     by_path = {row.path: i for i, row in enumerate(interim.manifest)}
-    for name, split in processed.splits.items():
+    for name in store.SPLITS:
+        split = store.read_split(tmp_path / "processed", name)
         rows = [row for row in processed.rows if row.split == name]
         assert len(split.views[0]) == len(split.labels) == len(rows)
         for row, pixels, label in zip(rows, split.views[0], split.labels, strict=True):
             np.testing.assert_array_equal(pixels, interim.images[by_path[row.path]])
             assert label.argmax() == processed.class_indices[row.label]
+
+
+def test_blocks_of_any_size_write_the_same_bytes(photos):
+    copy = Image.open(photos / "cats" / "01.png").resize((77, 58))  # a near-duplicate pair
+    (photos / "dogs" / "copy.jpg").write_bytes(encode(copy, "JPEG", quality=90))
+    ingested(photos)
+    views = [
+        {"image_size": [64, 64], "color_mode": "rgb"},  # the ingested images as they are
+        {"image_size": [24, 32], "color_mode": "grayscale"},
+    ]
+    written = []
+    for chunk_bytes in BLOCKS.values():
+        processed = run_in(photos.parent, settings(views=views), chunk_bytes)
+        written.append([snapshot(photos.parent / name) for name in ("processed", "report")])
+    assert processed.report["near_duplicates"]["pairs"] == 1
+    assert written[0] == written[1] == written[2]
+
+
+def peak_rss_of_prepare(folder, count: int) -> int:
+    """Bytes: the peak RSS of an `imgpipe prepare` process of `count` noise images of
+    128x128 RGB, its one view those images as they are."""
+    store.write_interim(folder / "interim", noise_interim(count, shape=(128, 128, 3)))
+    rgb = {"image_size": [128, 128], "color_mode": "rgb"}
+    params = write_params(folder / "params.yaml", ingest=rgb, prepare={"views": [rgb]})
+    return peak_rss([BIN / "imgpipe", "--params", params, "prepare", "--interim",
+                     folder / "interim", "--out", folder / "processed",
+                     "--report-dir", folder / "report"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_prepares_peak_memory_grows_with_its_block_size_not_with_the_images(tmp_path):
+    # 6000 images of 128x128 RGB are 281 MiB of pixels, more than the 256 MiB allowed
+    # beyond the run on 60 images. prepare before blocks held twice that: every page of
+    # images.npy read through its map (such pages count in RSS) and each split's copy of
+    # its view (698 MB, against 137 MB for 60 images). In blocks it holds about two
+    # blocks at most: 211 MB, against 136 MB.
+    few = peak_rss_of_prepare(tmp_path / "few", 60)
+    many = peak_rss_of_prepare(tmp_path / "many", 6000)
+    assert many < few + 4 * prepare.CHUNK_BYTES, (few, many)
 
 
 def test_two_views_are_derived_from_the_same_ingested_image(photos):
@@ -373,8 +445,8 @@ def test_two_views_are_derived_from_the_same_ingested_image(photos):
         {"image_size": [64, 64], "color_mode": "grayscale"},
         {"image_size": [32, 32], "color_mode": "rgb"},
     ]
-    processed = prepare.prepare(interim, settings(views=views))
-    gray, colour = processed.splits["train"].views
+    processed = run_in(photos.parent, settings(views=views))
+    gray, colour = store.read_split(photos.parent / "processed", "train").views
     assert gray.shape[1:] == (64, 64, 1) and colour.shape[1:] == (32, 32, 3)
     first = [row.path for row in interim.manifest].index(
         next(row.path for row in processed.rows if row.split == "train")
@@ -391,17 +463,15 @@ def test_the_report_counts_each_split_and_class():
     report = processed.report
     for split, counts in report["splits"].items():
         assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
-        assert counts["total"] == len(processed.splits[split].labels)
+        assert counts["total"] == sum(row.split == split for row in processed.rows)
     assert sum(counts["total"] for counts in report["splits"].values()) == 120
 
 
 def test_plots_are_real_pngs(tmp_path):
-    processed = prepare.prepare(noise_interim(60), SETTINGS)
-    for data in (
-        prepare.class_balance_png(processed.report, list(processed.class_indices)),
-        prepare.samples_png(processed),
-    ):
-        with Image.open(io.BytesIO(data)) as image:
+    store.write_interim(tmp_path / "interim", noise_interim(60))
+    run_in(tmp_path)
+    for name in ("class_balance.png", "samples.png"):
+        with Image.open(tmp_path / "report" / name) as image:
             assert image.format == "PNG" and image.width > 300 and image.height > 100
 
 

@@ -28,6 +28,30 @@ def test_arrays_are_written_byte_for_byte_as_np_save_writes_them(tmp_path, array
     assert loaded.dtype == array.dtype and np.array_equal(loaded, array)
 
 
+def test_an_array_written_and_read_in_blocks_is_np_saves_and_the_same_rows(tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, (10, 5, 3, 2), dtype=np.uint8)
+    with store.array_writer(tmp_path / "a.npy", array.shape, array.dtype) as write:
+        for start in (0, 4, 8):  # blocks of 4, 4 and 2 rows
+            write(array[start : start + 4])
+    expected = io.BytesIO()
+    np.save(expected, array, allow_pickle=False)
+    assert (tmp_path / "a.npy").read_bytes() == expected.getvalue()
+    mapped = store.load_array(tmp_path / "a.npy")
+    for start, stop in [(0, 10), (3, 7), (8, 12), (10, 12)]:  # past the end: what is there
+        rows = store.read_rows(mapped, start, stop)
+        assert not np.shares_memory(rows, mapped)  # read, not a view of the map
+        np.testing.assert_array_equal(rows, array[start:stop])
+
+
+def test_an_array_given_fewer_rows_than_its_shape_is_never_put_in_place(tmp_path):
+    with (
+        pytest.raises(ValueError, match="a.npy: 10 bytes written, not 20"),
+        store.array_writer(tmp_path / "a.npy", (4, 5), np.uint8) as write,
+    ):
+        write(np.zeros((2, 5), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
 def _cut_array(folder):
     store.save_array(folder / "images.npy", np.zeros((4, 8, 8, 1), np.uint8))
     data = (folder / "images.npy").read_bytes()
