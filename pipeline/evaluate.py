@@ -5,7 +5,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline import figures, store
+from pipeline import figures, files, store
 from pipeline.batches import Batches
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import loss_for
@@ -215,12 +215,12 @@ def run(model_path: Path, processed: Path, out: Path) -> dict:
     ]
     names = list(store.read_class_indices(processed))
     metrics, scores, rows, (roc, pr) = evaluate(model, test, names, paths)
-    store.clear_outputs(out, OUTPUTS)
+    files.clear_outputs(out, OUTPUTS)
     store.write_class_scores(out / "classes.csv", scores)
     store.write_predictions(out / "predictions.csv", rows)
-    store.write_bytes(out / "confusion.png", confusion_png(rows, names))
+    files.write_bytes(out / "confusion.png", confusion_png(rows, names))
     store.write_curve(out / "roc.csv", store.RocPoint, roc)
     store.write_curve(out / "precision_recall.csv", store.PrecisionRecallPoint, pr)
-    store.write_bytes(out / "errors.png", errors_png(test.views[0], rows))
-    store.write_json(out / "metrics.json", metrics)  # last: complete when present
+    files.write_bytes(out / "errors.png", errors_png(test.views[0], rows))
+    files.write_json(out / "metrics.json", metrics)  # last: complete when present
     return metrics

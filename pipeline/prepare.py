@@ -17,17 +17,20 @@ in two given splits cannot be joined, so they are counted as leakage and warned 
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from pipeline import figures, store
+from pipeline import figures, files, store
 from pipeline.errors import PipelineError
-from pipeline.ingest.workers import usable_cores
+from pipeline.near_duplicates import (
+    THUMBNAIL_BYTES,
+    group_of,
+    near_duplicate_pairs,
+    perceptual_hashes,
+    pil_image,
+)
 from pipeline.params import CHANNELS, PIL_MODES, Prepare, View
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # a group goes to its members' highest
@@ -74,15 +77,6 @@ def natural_split(sha256: str, settings: Prepare) -> str:
     return "train"
 
 
-def _dct_matrix(size: int) -> np.ndarray:
-    k, n = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    return np.cos(np.pi * (2 * n + 1) * k / (2 * size))
-
-
-DCT_32 = _dct_matrix(32)
-THUMBNAIL_BYTES = DCT_32.nbytes  # an image's 32x32 float64 thumbnail for its hash
-
-
 def block_rows(images: np.ndarray, settings: Prepare, chunk_bytes: int = CHUNK_BYTES) -> int:
     """Images per block: as many as keep each of a block's arrays (its ingested pixels, their
     thumbnails, each view) within `chunk_bytes`; at least one."""
@@ -92,105 +86,6 @@ def block_rows(images: np.ndarray, settings: Prepare, chunk_bytes: int = CHUNK_B
         *(math.prod(shape) for shape in view_shapes(settings)),
     ]
     return max(1, chunk_bytes // max(per_image))
-
-
-def blocks(images: np.ndarray, rows: int) -> Iterator[np.ndarray]:
-    """`images` in consecutive blocks of `rows` images, each read into memory on its own."""
-    for start in range(0, len(images), rows):
-        yield store.read_rows(images, start, start + rows)
-
-
-def perceptual_hashes(images: np.ndarray, rows: int) -> np.ndarray:
-    """(N, 4) uint64: a 256-bit perceptual hash (pHash) of each (H, W, C) uint8 image.
-
-    A pHash as imagehash computes one, vectorised over a block of `rows` images at a
-    time: a 32x32 grayscale thumbnail, its 2-D DCT, and one bit per frequency of the
-    lowest 16x16, set where it is above their median. 256 bits rather than the usual
-    64: on the MNIST demo the 64-bit hash gives different digits identical hashes.
-    """
-    hashes = [np.empty((0, 4), np.uint64)]
-    with tqdm(
-        total=len(images), desc="perceptual hashes", unit="img", disable=None, leave=False
-    ) as progress:
-        for block in blocks(images, rows):
-            hashes.append(_block_hashes(block))
-            progress.update(len(block))
-            del block  # now, not once the next block is read
-    return np.concatenate(hashes)
-
-
-def _block_hashes(images: np.ndarray) -> np.ndarray:
-    small = np.stack(
-        [
-            np.asarray(_pil(image).convert("L").resize((32, 32), Image.Resampling.BOX), np.float64)
-            for image in images
-        ]
-    )  # (N, 32, 32)
-    low = (DCT_32 @ small @ DCT_32.T)[:, :16, :16].reshape(len(images), 256)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return np.packbits(bits, axis=1).view(">u8").astype(np.uint64)  # (N, 4)
-
-
-def near_duplicate_pairs(hashes: np.ndarray, max_distance: int, block: int = 16384) -> np.ndarray:
-    """(P, 2) index pairs i < j whose hashes differ in at most `max_distance` bits, sorted
-    by i, then j.
-
-    Exact: every pair is compared, with faiss's binary flat index on all cores, in
-    tiles of `block` rows against `block` rows whose codes (512 KiB at 16,384 rows of
-    32 bytes) stay in a core's cache; at a million hashes, one index over all of them
-    is bound by memory and 1.7 times slower. Only tiles on or right of the diagonal
-    are searched, so time grows as N^2 / 2 distances; memory as N (the codes, copied
-    once into the tiles' indexes) plus the pairs found.
-    """
-    if max_distance < 0:
-        return np.empty((0, 2), np.int64)
-    # Hamming distance is the same whatever the bytes' order, as long as both sides share it.
-    codes = np.ascontiguousarray(hashes, np.uint64).view(np.uint8)  # (N, 32)
-    starts = range(0, len(codes), block)
-    indexes = [_binary_index(codes[start : start + block]) for start in starts]
-    faiss.omp_set_num_threads(usable_cores())
-    tiles = [(row, column) for row in range(len(starts)) for column in range(row, len(starts))]
-    pairs = [np.empty((0, 2), np.int64)]
-    for row, column in tqdm(tiles, desc="near-duplicates", unit="tile", disable=None, leave=False):
-        queries = codes[starts[row] : starts[row] + block]
-        found = _close_pairs(indexes[column], queries, max_distance)
-        found += [starts[row], starts[column]]
-        pairs.append(found[found[:, 1] > found[:, 0]])  # only a diagonal tile has j <= i
-    pairs = np.concatenate(pairs)
-    # Each tile's pairs come by i then j, and a row's tiles by j: a stable sort by i is enough.
-    return pairs[np.argsort(pairs[:, 0], kind="stable")]
-
-
-def _binary_index(codes: np.ndarray) -> faiss.IndexBinaryFlat:
-    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
-    index.add(codes)
-    return index
-
-
-def _close_pairs(index: faiss.IndexBinaryFlat, queries: np.ndarray, max_distance: int):
-    """(P, 2) int64 (query row, index row) within `max_distance` bits, by query row, then
-    index row: faiss scans the index in order for each query."""
-    # range_search keeps distances strictly below its radius.
-    limits, _, rows = index.range_search(queries, max_distance + 1)
-    return np.stack(
-        [np.repeat(np.arange(len(queries)), np.diff(limits.astype(np.int64))), rows], axis=1
-    )
-
-
-def group_of(count: int, pairs: np.ndarray) -> np.ndarray:
-    """For each image, the smallest index in its connected group of near-duplicates."""
-    parent = np.arange(count)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in pairs:
-        a, b = root(i), root(j)
-        parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(count)])
 
 
 def assign_splits(
@@ -257,17 +152,13 @@ def derive_view(images: np.ndarray, view: View) -> np.ndarray:
         return np.asarray(images)
     converted = [
         np.asarray(
-            _pil(image)
+            pil_image(image)
             .convert(PIL_MODES[view.color_mode])
             .resize((width, height), Image.Resampling.BILINEAR)
         )
         for image in images
     ]
     return np.stack(converted).reshape(len(images), height, width, channels)
-
-
-def _pil(image: np.ndarray) -> Image.Image:
-    return Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
 
 
 def prepare(
@@ -475,11 +366,11 @@ def run(
     rows = block_rows(interim.images, settings, chunk_bytes)
     view_blocks = map(  # map keeps no block once its views are made; a generator would
         lambda block: [derive_view(block, view) for view in settings.views],
-        blocks(interim.images, rows),
+        files.read_blocks(interim.images, rows),
     )
     store.write_processed(out, processed, view_shapes(settings), view_blocks)
-    store.clear_outputs(report_dir, [*plots, "report.json"])
+    files.clear_outputs(report_dir, [*plots, "report.json"])
     for name, data in plots.items():
-        store.write_bytes(report_dir / name, data)
-    store.write_json(report_dir / "report.json", processed.report)
+        files.write_bytes(report_dir / name, data)
+    files.write_json(report_dir / "report.json", processed.report)
     return processed

@@ -2,30 +2,24 @@
 
 Arrays are plain `.npy` files (uint8 pixels, float32 labels): no pickles, and
 memory-mappable. Tables are CSV with a fixed header; small records are JSON.
-Every file is written to a temporary name beside its target and renamed into
-place, so a killed stage never leaves a file that looks complete but is not.
+Every file is written whole or not at all (pipeline/files.py), so a killed stage
+never leaves a file that looks complete but is not.
 """
 
 import csv
 import dataclasses
-import functools
 import hashlib
 import io
 import json
-import math
-import mmap
 import operator
-import os
-import shutil
-import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline import files
 from pipeline.errors import PipelineError, one_line
 from pipeline.params import Ingest
 
@@ -160,15 +154,15 @@ INTERIM_FILES = ("images.npy", "manifest.csv", "quarantine.csv", "duplicates.csv
 def write_interim(folder: Path, interim: Interim, images_file: Path | None = None) -> None:
     """Write ingest's outputs; `images_file`, a .npy file that already holds exactly
     `interim.images`, is linked (or copied) instead of writing the pixels again."""
-    clear_outputs(folder, INTERIM_FILES)
+    files.clear_outputs(folder, INTERIM_FILES)
     if images_file is None:
-        save_array(folder / "images.npy", interim.images)
+        files.save_array(folder / "images.npy", interim.images)
     else:
-        link_or_copy(images_file, folder / "images.npy")
+        files.link_or_copy(images_file, folder / "images.npy")
     _write_rows(folder / "manifest.csv", ManifestRow, interim.manifest)
     _write_rows(folder / "quarantine.csv", QuarantineRow, interim.quarantine)
     _write_rows(folder / "duplicates.csv", DuplicateRow, interim.duplicates)
-    write_json(folder / "report.json", interim.report)  # last: its presence means complete
+    files.write_json(folder / "report.json", interim.report)  # last: its presence means complete
 
 
 def read_interim(folder: Path) -> Interim:
@@ -191,18 +185,20 @@ def write_processed(
     order, each view's rows of them (views of `view_shapes`); every row goes to its split's
     file as its block comes, so no view is ever whole in memory."""
     arrays = [path.name for path in folder.glob("*.npy")]  # views may be fewer than last time
-    clear_outputs(folder, [*arrays, "labels.json", "splits.csv"])
+    files.clear_outputs(folder, [*arrays, "labels.json", "splits.csv"])
     splits = np.array([row.split for row in processed.rows])
     # The labels first: a run killed in the long write of the views after them has files in
     # place, but never splits.csv (tests/test_interrupt.py kills it there).
     for name in SPLITS:
-        save_array(folder / f"{name}_labels.npy", processed.labels[splits == name])
+        files.save_array(folder / f"{name}_labels.npy", processed.labels[splits == name])
     counts = {name: np.count_nonzero(splits == name) for name in SPLITS}
-    with ExitStack() as files:
+    with ExitStack() as opened:
         writers = {
             name: [
-                files.enter_context(
-                    array_writer(folder / f"{name}_view{index}.npy", (count, *shape), np.uint8)
+                opened.enter_context(
+                    files.array_writer(
+                        folder / f"{name}_view{index}.npy", (count, *shape), np.uint8
+                    )
                 )
                 for index, shape in enumerate(view_shapes)
             ]
@@ -213,7 +209,7 @@ def write_processed(
             _write_block(writers, splits[start : start + len(block[0])], block)
             start += len(block[0])
             del block  # now, not once the next block is made
-    write_json(folder / "labels.json", processed.class_indices)
+    files.write_json(folder / "labels.json", processed.class_indices)
     _write_rows(folder / "splits.csv", SplitRow, processed.rows)  # last: complete when present
 
 
@@ -226,50 +222,12 @@ def _write_block(
             write(rows[splits == name])
 
 
-@contextmanager
-def exclusive(folder: Path, stage: str) -> Iterator[None]:
-    """Hold `folder` for one run of `stage` at a time: a second run waits, saying so. The
-    lock is on the folder itself (flock), so it leaves no file behind; a folder made here
-    and still empty at the end (the run failed early) is removed."""
-    import fcntl
-
-    made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{stage}: waiting for another {stage} writing to {folder}", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(handle)
-        if made:
-            with suppress(OSError):  # not empty: the run wrote into it
-                folder.rmdir()
-
-
-def clear_outputs(folder: Path, names) -> None:
-    """Remove a stage's previous outputs, and what killed writes left, before writing anew.
-
-    Every file is renamed into place whole, and the stage's last file marks it
-    complete; clearing first means the files present after an interruption are
-    never a mix of two runs.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).unlink(missing_ok=True)
-    for leftover in folder.glob(".*.partial*"):
-        leftover.unlink()
-
-
 def write_split(folder: Path, name: str, split: Split) -> None:
     """One split's arrays from memory, as read_split reads them (write_processed streams
     prepare's)."""
     for index, view in enumerate(split.views):
-        save_array(folder / f"{name}_view{index}.npy", view)
-    save_array(folder / f"{name}_labels.npy", split.labels)
+        files.save_array(folder / f"{name}_view{index}.npy", view)
+    files.save_array(folder / f"{name}_labels.npy", split.labels)
 
 
 def read_split(folder: Path, name: str) -> Split:
@@ -332,7 +290,7 @@ class ModelRecord(BaseModel):
 def write_model_record(model_path: Path, record: ModelRecord) -> None:
     """`record` beside the model, with the digest of that model file."""
     data = {**record.model_dump(mode="json"), "model_sha256": _digest(model_path)}
-    write_json(beside_model(model_path)["labels"], data)
+    files.write_json(beside_model(model_path)["labels"], data)
 
 
 def read_model_record(model_path: Path) -> ModelRecord:
@@ -371,91 +329,6 @@ def read_split_rows(path: Path) -> list[SplitRow]:
 
 
 @contextmanager
-def atomic_path(target: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` on success only."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=f".partial{suffix}"
-    )
-    os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-@functools.cache
-def _umask() -> int:
-    """The process's umask, read once (reading it means setting it: os.umask returns the old)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """Put `source`'s bytes at `target` whole: a hard link, or a copy across file systems."""
-    with atomic_path(target) as temporary:
-        temporary.unlink()
-        try:
-            os.link(source, temporary)
-        except OSError:
-            shutil.copyfile(source, temporary)
-
-
-# Pixels go to disk in pieces this size: here one 49 MB write() took ten times as long as
-# the same bytes in 1 MiB pieces (0.12 s against 0.011 s, ext4).
-WRITE_PIECE = 1 << 20
-
-
-def save_array(path: Path, array: np.ndarray) -> None:
-    """Write what np.save(allow_pickle=False) writes, the data in WRITE_PIECE pieces."""
-    with array_writer(path, array.shape, array.dtype) as write:
-        write(array)
-
-
-@contextmanager
-def array_writer(path: Path, shape: tuple[int, ...], dtype) -> Iterator[Callable]:
-    """Write the array of `shape` and `dtype` at `path` a block of rows at a time: the
-    function yielded appends rows, in order. The bytes are np.save's of the whole array;
-    the file is renamed into place only once every row is written. Written with write(),
-    not through a memory map, whose pages would count in the process's RSS."""
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-        "fortran_order": False,
-        "shape": tuple(map(int, shape)),  # an np.int64 would be written "np.int64(3)"
-    }
-    size = np.dtype(dtype).itemsize * math.prod(shape)
-    with atomic_path(path) as temporary, temporary.open("wb") as file:
-        np.lib.format.write_array_header_1_0(file, header)
-        start = file.tell()
-
-        def write(rows: np.ndarray) -> None:
-            data = memoryview(np.ascontiguousarray(rows).reshape(-1).view(np.uint8))
-            for piece in range(0, len(data), WRITE_PIECE):
-                file.write(data[piece : piece + WRITE_PIECE])
-
-        yield write
-        if file.tell() - start != size:  # then never renamed into place
-            raise ValueError(f"{path}: {file.tell() - start} bytes written, not {size}")
-
-
-def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Rows start:stop of `array`, in memory. From a whole array load_array mapped, they are
-    read from its file, not through the map: pages read through a map stay in the process's
-    RSS until it is unmapped, so one pass over a mapped array would grow RSS to its size."""
-    if not isinstance(array.base, mmap.mmap):  # in memory, or part of a mapped array
-        return np.asarray(array[start:stop])
-    shape = array[start:stop].shape  # a view: no page is read
-    row_bytes = array.dtype.itemsize * math.prod(shape[1:])
-    return np.fromfile(
-        array.filename, array.dtype, math.prod(shape), offset=array.offset + start * row_bytes
-    ).reshape(shape)
-
-
-@contextmanager
 def _parsing(path: Path | str) -> Iterator[None]:
     """A stage's output that is there but cannot be parsed: say which, and how to mend it."""
     try:
@@ -473,15 +346,6 @@ def load_array(path: Path) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_bytes(data)
-
-
-def write_json(path: Path, data) -> None:
-    write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-
-
 def read_json(path: Path):
     with _parsing(path):
         return json.loads(path.read_text(encoding="utf-8"))
@@ -490,7 +354,10 @@ def read_json(path: Path):
 def _write_rows(path: Path, row_type: type, rows: list) -> None:
     names = [field.name for field in dataclasses.fields(row_type)]
     values = operator.attrgetter(*names)  # dataclasses.astuple deep-copies: 10x slower
-    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as file:
+    with (
+        files.atomic_path(path) as temporary,
+        temporary.open("w", newline="", encoding="utf-8") as file,
+    ):
         writer = csv.writer(file, lineterminator="\n")
         writer.writerow(names)
         writer.writerows(map(values, rows))

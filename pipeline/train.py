@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from pipeline import distribute, figures, store
+from pipeline import distribute, figures, files, store
 from pipeline.batches import Batches
 from pipeline.models import Moments, build_model, compile_model
 from pipeline.params import Params
@@ -238,12 +238,12 @@ def steps_per_execution(setting: int, steps: int) -> int:
 def architecture_png(model: keras.Model, path: Path) -> str | None:
     """Draw the model with keras.utils.plot_model; without graphviz, say so in the image."""
     try:
-        with store.atomic_path(path, suffix=".png") as temporary:
+        with files.atomic_path(path, suffix=".png") as temporary:
             keras.utils.plot_model(model, to_file=str(temporary), show_shapes=True, dpi=72)
         return None
     except ImportError:
         problem = "plot_model needs graphviz: install it (apt install graphviz) and train again"
-        store.write_bytes(path, figures.message(problem))
+        files.write_bytes(path, figures.message(problem))
         return problem
 
 
@@ -278,8 +278,8 @@ def _train_and_save(
     val_split = store.read_split(processed, "val")
     # Before training, not after: an interrupted run then leaves no model beside its metrics.
     beside = store.beside_model(model_path)
-    store.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
-    store.clear_outputs(live_dir, [SPEEDS])
+    files.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
+    files.clear_outputs(live_dir, [SPEEDS])
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
         logger = LiveLogger(live, len(train_split.labels), distribution.replicas)
@@ -290,7 +290,7 @@ def _train_and_save(
     # The tracked metrics: the last epoch's, and whether the run learned (a column of
     # `dvc exp show`); dvclive's last step goes, to keep `dvc metrics show` in 160 columns.
     tracked = {name: value for name, value in live.summary.items() if name != "step"}
-    store.write_json(Path(live.metrics_file), {**tracked, "learned": why is None})
+    files.write_json(Path(live.metrics_file), {**tracked, "learned": why is None})
     store.write_epoch_speeds(live_dir / SPEEDS, logger.speeds)
     if why:
         print(
@@ -299,11 +299,11 @@ def _train_and_save(
             "that each class folder holds its class",
             file=sys.stderr,
         )
-    with store.atomic_path(model_path, suffix=".keras") as temporary:
+    with files.atomic_path(model_path, suffix=".keras") as temporary:
         model.save(temporary)
     lines = []
     model.summary(print_fn=lambda text, line_break=False: lines.append(text))
-    store.write_bytes(beside["summary"], ("\n".join(lines) + "\n").encode())
+    files.write_bytes(beside["summary"], ("\n".join(lines) + "\n").encode())
     if problem := architecture_png(model, beside["architecture"]):
         print(
             f"train: warning: {beside['architecture']} is a placeholder: {problem}", file=sys.stderr

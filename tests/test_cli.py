@@ -22,7 +22,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline import store
+from pipeline import files, store
 from pipeline.cli import cli
 from pipeline.ingest import cache as cache_module
 from pipeline.ingest import decode as decoding
@@ -240,7 +240,7 @@ def test_a_full_disk_exits_1_saying_to_free_space(tmp_path, monkeypatch):
     def full(path, array):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write() raises, no path
 
-    monkeypatch.setattr(store, "save_array", full)
+    monkeypatch.setattr(files, "save_array", full)
     raw = make_dataset(tmp_path / "raw", per_class=2)
     result = invoke("--params", write_params(tmp_path / "params.yaml"), "ingest",
                     "--raw", raw, "--out", tmp_path / "interim", "--no-cache")  # fmt: skip

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import store
+from pipeline import files, store
 from tests.conftest import BIN, photo_like, snapshot, write_params
 
 pytestmark = pytest.mark.slow
@@ -142,5 +142,5 @@ def test_killed_prepare_never_looks_complete_and_reruns_identically(project, pha
 def test_a_partial_file_left_by_a_kill_is_removed_by_the_next_write(tmp_path):
     leftover = tmp_path / ".images.npy.abc123.partial"
     leftover.write_bytes(b"half an array")
-    store.clear_outputs(tmp_path, store.INTERIM_FILES)
+    files.clear_outputs(tmp_path, store.INTERIM_FILES)
     assert not leftover.exists()

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline import ingest, prepare, store
+from pipeline import ingest, near_duplicates, prepare, store
 from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Prepare
@@ -91,7 +91,7 @@ def test_growing_the_data_by_ten_percent_never_moves_an_old_image():
 
 def test_groups_are_transitive_and_take_the_most_test_ward_split():
     pairs = np.array([[0, 3], [3, 5], [1, 2]])
-    groups = prepare.group_of(6, pairs)
+    groups = near_duplicates.group_of(6, pairs)
     assert groups.tolist() == [0, 1, 1, 0, 4, 0]
     shas = [_hash(i) for i in range(6)]
     natural = [prepare.natural_split(sha, SETTINGS) for sha in shas]
@@ -130,7 +130,7 @@ def planted_hashes(count: int, distances: list[int], seed: int = 0) -> np.ndarra
 def test_near_duplicate_pairs_are_exactly_the_close_pairs_in_order(max_distance):
     # Copies around each threshold; near 110 bits, about 1% of random pairs are close too.
     hashes = planted_hashes(400, [0, 1, 2, 7, 8, 9, 23, 24, 25])
-    pairs = prepare.near_duplicate_pairs(hashes, max_distance, block=64)  # 8 x 8 tiles
+    pairs = near_duplicates.near_duplicate_pairs(hashes, max_distance, block=64)  # 8 x 8 tiles
     assert pairs.dtype == np.int64
     assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
 
@@ -143,7 +143,7 @@ def test_near_duplicate_pairs_are_every_close_pair_once_whatever_the_block(block
     hashes[10:20, 0] ^= np.uint64(0b111)  # 3 bits from an earlier image
     hashes[25] = hashes[5]  # close to 5 and 15, across blocks
     expected = all_close_pairs(hashes, 3)
-    pairs = prepare.near_duplicate_pairs(hashes, max_distance=3, block=block)
+    pairs = near_duplicates.near_duplicate_pairs(hashes, max_distance=3, block=block)
     assert list(map(tuple, pairs.tolist())) == expected
     assert len(expected) == 10 + 2  # each edited copy with its original; 25 with 5 and 15
 
@@ -158,9 +158,9 @@ def test_near_duplicate_pairs_are_exactly_the_close_pairs_of_real_perceptual_has
     originals = [photo_like(i) for i in range(200)]
     images = originals + [_resized_reencoded(image) for image in originals[::4]]
     pixels = np.stack([np.asarray(image.convert("RGB").resize((64, 64))) for image in images])
-    hashes = prepare.perceptual_hashes(pixels, rows=64)
+    hashes = near_duplicates.perceptual_hashes(pixels, rows=64)
     for max_distance in (0, 16, 24, 96):
-        pairs = prepare.near_duplicate_pairs(hashes, max_distance, block=32)
+        pairs = near_duplicates.near_duplicate_pairs(hashes, max_distance, block=32)
         assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
     assert len(pairs) > 50 + 25  # the 50 copies and more: these hashes are not random
 
@@ -173,18 +173,18 @@ def test_near_duplicate_pairs_are_exactly_the_close_pairs_of_trashnet_photos():
         with Image.open(file) as image:
             image.draft("RGB", (64, 64))
             pixels.append(np.asarray(image.convert("RGB").resize((64, 64))))
-    hashes = prepare.perceptual_hashes(np.stack(pixels), rows=128)
+    hashes = near_duplicates.perceptual_hashes(np.stack(pixels), rows=128)
     for max_distance in (24, 80, 110):
-        pairs = prepare.near_duplicate_pairs(hashes, max_distance, block=128)
+        pairs = near_duplicates.near_duplicate_pairs(hashes, max_distance, block=128)
         assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
     assert len(pairs) > 1000  # these photos have no copies: only far thresholds pair them
 
 
 def test_perceptual_hashes_do_not_depend_on_how_many_images_a_block_holds():
     images = noise_interim(20).images
-    whole = prepare.perceptual_hashes(images, rows=20)
+    whole = near_duplicates.perceptual_hashes(images, rows=20)
     for rows in (1, 7):
-        np.testing.assert_array_equal(prepare.perceptual_hashes(images, rows), whole)
+        np.testing.assert_array_equal(near_duplicates.perceptual_hashes(images, rows), whole)
 
 
 def test_the_leakage_metric_counts_pairs_split_apart():
@@ -382,7 +382,7 @@ def test_the_label_map_is_sorted_and_a_new_class_shifts_later_indices():
 
 # prepare's blocks of one image, of a few (7 of noise_interim's, whose 32x32 float64
 # thumbnails are their largest arrays; 4 of 64x64 RGB images), and of all the images.
-BLOCKS = {"one": 1, "few": 7 * prepare.THUMBNAIL_BYTES, "all": prepare.CHUNK_BYTES}
+BLOCKS = {"one": 1, "few": 7 * near_duplicates.THUMBNAIL_BYTES, "all": prepare.CHUNK_BYTES}
 
 
 @pytest.mark.parametrize("chunk_bytes", BLOCKS.values(), ids=BLOCKS)

@@ -5,14 +5,14 @@ import io
 import numpy as np
 import pytest
 
-from pipeline import store
+from pipeline import files, store
 from pipeline.errors import PipelineError
 
 
 @pytest.mark.parametrize(
     "array",
     [
-        np.arange(3 * store.WRITE_PIECE + 5, dtype=np.uint8).reshape(-1, 1, 1, 1),  # pieces
+        np.arange(3 * files.WRITE_PIECE + 5, dtype=np.uint8).reshape(-1, 1, 1, 1),  # pieces
         np.random.default_rng(0).random((7, 3)).astype(np.float32),
         np.zeros((0, 64, 64, 1), np.uint8),
         np.arange(12, dtype=np.float32).reshape(6, 2)[::2],  # not contiguous
@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
     ids=["several-pieces", "float32-labels", "empty", "strided"],
 )
 def test_arrays_are_written_byte_for_byte_as_np_save_writes_them(tmp_path, array):
-    store.save_array(tmp_path / "a.npy", array)
+    files.save_array(tmp_path / "a.npy", array)
     expected = io.BytesIO()
     np.save(expected, np.ascontiguousarray(array), allow_pickle=False)
     assert (tmp_path / "a.npy").read_bytes() == expected.getvalue()
@@ -30,7 +30,7 @@ def test_arrays_are_written_byte_for_byte_as_np_save_writes_them(tmp_path, array
 
 def test_an_array_written_and_read_in_blocks_is_np_saves_and_the_same_rows(tmp_path):
     array = np.random.default_rng(0).integers(0, 256, (10, 5, 3, 2), dtype=np.uint8)
-    with store.array_writer(tmp_path / "a.npy", array.shape, array.dtype) as write:
+    with files.array_writer(tmp_path / "a.npy", array.shape, array.dtype) as write:
         for start in (0, 4, 8):  # blocks of 4, 4 and 2 rows
             write(array[start : start + 4])
     expected = io.BytesIO()
@@ -38,7 +38,7 @@ def test_an_array_written_and_read_in_blocks_is_np_saves_and_the_same_rows(tmp_p
     assert (tmp_path / "a.npy").read_bytes() == expected.getvalue()
     mapped = store.load_array(tmp_path / "a.npy")
     for start, stop in [(0, 10), (3, 7), (8, 12), (10, 12)]:  # past the end: what is there
-        rows = store.read_rows(mapped, start, stop)
+        rows = files.read_rows(mapped, start, stop)
         assert not np.shares_memory(rows, mapped)  # read, not a view of the map
         np.testing.assert_array_equal(rows, array[start:stop])
 
@@ -46,14 +46,14 @@ def test_an_array_written_and_read_in_blocks_is_np_saves_and_the_same_rows(tmp_p
 def test_an_array_given_fewer_rows_than_its_shape_is_never_put_in_place(tmp_path):
     with (
         pytest.raises(ValueError, match="a.npy: 10 bytes written, not 20"),
-        store.array_writer(tmp_path / "a.npy", (4, 5), np.uint8) as write,
+        files.array_writer(tmp_path / "a.npy", (4, 5), np.uint8) as write,
     ):
         write(np.zeros((2, 5), np.uint8))
     assert list(tmp_path.iterdir()) == []
 
 
 def _cut_array(folder):
-    store.save_array(folder / "images.npy", np.zeros((4, 8, 8, 1), np.uint8))
+    files.save_array(folder / "images.npy", np.zeros((4, 8, 8, 1), np.uint8))
     data = (folder / "images.npy").read_bytes()
     (folder / "images.npy").write_bytes(data[: len(data) // 2])
 

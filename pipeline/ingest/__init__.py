@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import store
+from pipeline import files, store
 from pipeline.errors import PipelineError
 from pipeline.ingest import scan as scanning
 from pipeline.ingest.cache import DecodeCache, is_damaged, set_aside, writable
@@ -37,7 +37,7 @@ def run(
 ) -> store.Interim:
     """Give every file under `raw` its verdict and write the outputs to `out`; they do not
     depend on `workers` or the cache. A second ingest into the same `out` waits."""
-    with store.exclusive(out, "ingest"):
+    with files.exclusive(out, "ingest"):
         if cache_path is not None and not writable(cache_path):
             print(
                 f"ingest: warning: the decode cache's folder {cache_path.parent} is not writable; "

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline import store
+from pipeline import files, store
 from pipeline.errors import NotOurs
 from pipeline.ingest.decode import Decoded
 
@@ -211,7 +211,7 @@ class DecodeCache:
         """Keep the images.npy just written, whose rows `manifest` describes."""
         if self.connection is None or not self._may_replace_kept():
             return
-        store.link_or_copy(images, self.kept_path)
+        files.link_or_copy(images, self.kept_path)
         # The facts travel with the rows: a re-run then reads no row of `results` for them.
         rows = [[r.sha256, r.width, r.height, r.format, r.mode] for r in manifest]
         with self.connection:

@@ -191,7 +191,3 @@ def decode_in_workers(
             finished.set()
             shared[3].value = 1  # else, after a Ctrl-C, the queued chunks are decoded first
             pool.shutdown(wait=False, cancel_futures=True)
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
