@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pipeline import store
 from tests.conftest import peak_rss
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +75,27 @@ def memory(interims: list[Path], codes: list[Path], distance: int | None) -> Non
                       f"{rss / 2**20:,.0f} MiB | {same} |", flush=True)  # fmt: skip
 
 
+def synthetic(count: int, out: Path) -> None:
+    """An interim folder of `count` blocky 64x64 RGB images (4x4 random colours, each
+    16 pixels wide), written straight into images.npy with their manifest: no decoding,
+    so a million takes a minute."""
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True, exist_ok=True)
+    pixels = out / "pixels.npy"  # linked into place as images.npy, then removed
+    images = np.lib.format.open_memmap(pixels, "w+", np.uint8, (count, 64, 64, 3))
+    for start in range(0, count, 10_000):
+        coarse = rng.integers(0, 256, (min(10_000, count - start), 4, 4, 3), np.uint8)
+        images[start : start + len(coarse)] = coarse.repeat(16, axis=1).repeat(16, axis=2)
+    images.flush()
+    rows = [
+        store.ManifestRow(f"c{i % 3}/{i:07d}.png", f"c{i % 3}",
+                          hashlib.sha256(str(i).encode()).hexdigest(), 64, 64, "PNG", "RGB")
+        for i in range(count)
+    ]  # fmt: skip
+    store.write_interim(out, store.Interim(images, rows, [], [], {"synthetic": count}), pixels)
+    pixels.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -82,8 +104,14 @@ def main() -> None:
     peak.add_argument("--code", type=Path, action="append", required=True,
                       help="a checkout whose pipeline package runs; repeat to compare")  # fmt: skip
     peak.add_argument("--distance", type=int, help="prepare.near_duplicate_distance (-1: off)")
+    made = commands.add_parser("synthetic", help="an interim folder of blocky images, fast")
+    made.add_argument("count", type=int)
+    made.add_argument("out", type=Path)
     args = parser.parse_args()
-    memory(args.interims, args.code, args.distance)
+    if args.command == "synthetic":
+        synthetic(args.count, args.out)
+    else:
+        memory(args.interims, args.code, args.distance)
 
 
 if __name__ == "__main__":
