@@ -207,27 +207,7 @@ def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> N
     from pipeline import prepare as stage
 
     processed = stage.run(interim, out, report_dir, settings)
-    sizes = ", ".join(f"{name} {n['total']}" for name, n in processed.report["splits"].items())
-    near = processed.report["near_duplicates"]
-    click.echo(
-        f"prepare: {len(processed.class_indices)} classes; {sizes} -> {out}\n"
-        f"  {_split_line(processed.report['split'])}\n"
-        f"  near-duplicates: {near['pairs']} pairs in {near['groups']} groups, "
-        f"{near['moved']} images moved with their group, leakage {near['leakage']}"
-    )
-    for warning in processed.report["warnings"]:
-        click.echo(f"warning: {warning}")
-
-
-def _split_line(split: dict) -> str:
-    """'split by hash', or 'split by folders (given: train, val; test drawn from train)'."""
-    from pipeline import store
-
-    if not split["given"]:
-        return f"split by {split['mode']}"
-    drawn = [name for name in store.SPLITS if name not in split["given"]]
-    also = f"; {', '.join(drawn)} drawn from train" if drawn else ""
-    return f"split by folders (given: {', '.join(split['given'])}{also})"
+    click.echo(stage.summary(processed.report, len(processed.class_indices), out))
 
 
 @cli.command()

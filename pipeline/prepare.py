@@ -346,6 +346,30 @@ def samples_png(
     return figures.image_grid(rows, "Training samples per class", row_titles=classes)
 
 
+def summary(report: dict, classes: int, out: Path) -> str:
+    """Prepare's account of a run: the splits, how they were made, near-duplicates and
+    leakage, then the warnings."""
+    sizes = ", ".join(f"{name} {counts['total']}" for name, counts in report["splits"].items())
+    near = report["near_duplicates"]
+    lines = [
+        f"prepare: {classes} classes; {sizes} -> {out}",
+        f"  {_split_line(report['split'])}",
+        f"  near-duplicates: {near['pairs']} pairs in {near['groups']} groups, "
+        f"{near['moved']} images moved with their group, leakage {near['leakage']}",
+        *(f"warning: {warning}" for warning in report["warnings"]),
+    ]
+    return "\n".join(lines)
+
+
+def _split_line(split: dict) -> str:
+    """'split by hash', or 'split by folders (given: train, val; test drawn from train)'."""
+    if not split["given"]:
+        return f"split by {split['mode']}"
+    drawn = [name for name in store.SPLITS if name not in split["given"]]
+    also = f"; {', '.join(drawn)} drawn from train" if drawn else ""
+    return f"split by folders (given: {', '.join(split['given'])}{also})"
+
+
 def run(
     interim_dir: Path,
     out: Path,
