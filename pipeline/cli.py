@@ -80,6 +80,14 @@ WORKERS = click.option(
     help="Decoding processes. [default: every usable core]",
 )
 
+PREPARED = click.option(
+    "--processed",
+    type=_folder(),
+    default=PROCESSED,
+    show_default=True,
+    help="The output folder of prepare (evaluate scores its test split).",
+)
+
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -123,7 +131,7 @@ def demo_data(folder: Path, force: bool) -> None:
     type=_folder(exists=False),
     default=RAW,
     show_default=True,
-    help="Folder with one sub-folder of images per class (sub-folders of those included).",
+    help="Folder with one sub-folder of images per class, or train/, val/, test/ of those.",
 )
 @click.option(
     "--out",
@@ -156,8 +164,9 @@ def ingest(
     quarantine.csv (corrupt, truncated, empty, not an image, over
     ingest.max_pixels, a link out of the raw folder); duplicate of an image in
     the same class, or conflict when the same image is in two classes (both in
-    duplicates.csv); or ignored (hidden files, known non-image files). The
-    output does not depend on --workers or the cache.
+    duplicates.csv); or ignored (hidden files, known non-image files). When
+    every top-level folder is a split (train/, val/, test/, ...), the classes are
+    the folders inside them. The output does not depend on --workers or the cache.
     """
     settings = _params(ctx).ingest
     from pipeline import ingest as stage
@@ -211,13 +220,7 @@ def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> N
 
 
 @cli.command()
-@click.option(
-    "--processed",
-    type=_folder(),
-    default=PROCESSED,
-    show_default=True,
-    help="The output folder of prepare.",
-)
+@PREPARED
 @click.option(
     "--model-out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -276,13 +279,7 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     show_default=True,
     help="The trained model.",
 )
-@click.option(
-    "--processed",
-    type=_folder(),
-    default=PROCESSED,
-    show_default=True,
-    help="The output folder of prepare; its test split is used.",
-)
+@PREPARED
 @click.option(
     "--out",
     type=_folder(exists=False),
