@@ -51,7 +51,7 @@ def per_class_scores(
     return scores
 
 
-def curves(labels: np.ndarray, probabilities: np.ndarray, names: list[str]) -> tuple:
+def curves(labels: np.ndarray, probabilities: np.ndarray) -> tuple:
     """ROC and precision-recall points, and the area under the ROC curve (None with one
     class in the test split).
 
@@ -134,7 +134,7 @@ def confusion_figure(counts: np.ndarray, names: list[str]):
 
 def evaluate(
     model: keras.Model, test: store.Split, names: list[str], paths: list[str]
-) -> tuple[dict, list[store.PredictionRow], tuple]:
+) -> tuple[dict, list[store.ClassScoreRow], list[store.PredictionRow], tuple]:
     """The metrics DVC tracks, one score row per class, one prediction row per test image
     (in split order), and the curves.
 
@@ -150,7 +150,7 @@ def evaluate(
     probabilities = predictions.astype(np.float64)
     predicted, actual = class_indices_of(probabilities), class_indices_of(labels)
     confidence = confidence_of(probabilities, predicted)
-    roc, pr, roc_auc = curves(labels, probabilities, names)
+    roc, pr, roc_auc = curves(labels, probabilities)
     scores = per_class_scores(actual, predicted, names)
     metrics = {
         "accuracy": float(np.mean(predicted == actual)),  # Keras' accuracy: argmax, or > 0.5

@@ -44,24 +44,24 @@ def test_labels_and_probabilities_decode_to_class_indices():
 
 def test_two_class_curves_are_the_second_classs():
     labels = np.array([[0.0], [0.0], [1.0], [1.0]])
-    roc, pr, area = curves(labels, np.array([[0.1], [0.6], [0.4], [0.9]]), ["ants", "bees"])
+    roc, pr, area = curves(labels, np.array([[0.1], [0.6], [0.4], [0.9]]))
     assert area == 0.75
     assert (roc[0].false_positive_rate, roc[-1].true_positive_rate) == (0.0, 1.0)
     assert pr[-1] == PrecisionRecallPoint(recall=0.0, precision=1.0, threshold=float("inf"))
     one_hot = np.array([[1.0, 0], [1, 0], [0, 1], [0, 1]])
     scores = np.array([[0.9, 0.1], [0.4, 0.6], [0.6, 0.4], [0.1, 0.9]])
-    assert curves(one_hot, scores, ["ants", "bees"])[2] == area
+    assert curves(one_hot, scores)[2] == area
 
 
 def test_more_classes_pool_each_class_against_the_rest():
     labels = np.eye(3)[[0, 1, 2, 0]]
     perfect = labels * 0.8 + 0.1
-    roc, _, area = curves(labels, perfect, ["a", "b", "c"])
+    roc, _, area = curves(labels, perfect)
     assert area == 1.0 and len(roc) > 2  # 12 pooled scores, not the 4 of one class
 
 
 def test_a_test_split_of_one_class_has_no_curve():
-    roc, pr, area = curves(np.ones((3, 1)), np.array([[0.2], [0.5], [0.9]]), ["a", "b"])
+    roc, pr, area = curves(np.ones((3, 1)), np.array([[0.2], [0.5], [0.9]]))
     assert roc == pr == [] and area is None
 
 
