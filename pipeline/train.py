@@ -212,13 +212,13 @@ def train(
 
 
 def channel_moments(pixels: np.ndarray, chunk_bytes: int = 64 << 20) -> Moments:
-    """Each channel's mean and variance over (N, H, W, C) uint8 pixels, read a chunk of
-    images at a time from the memory-mapped split: O(N) time, O(chunk) memory."""
+    """Each channel's mean and variance over (N, H, W, C) uint8 pixels, read a block of
+    images at a time from the split's file: O(N) time, O(chunk_bytes) memory."""
     channels = pixels.shape[-1]
     total, squares = np.zeros(channels), np.zeros(channels)
-    step = max(1, chunk_bytes // pixels[0].nbytes)
-    for start in range(0, len(pixels), step):
-        chunk = np.asarray(pixels[start : start + step], np.float64).reshape(-1, channels)
+    rows = max(1, chunk_bytes // (8 * pixels[0].nbytes))  # each block is made float64
+    for block in files.read_blocks(pixels, rows):
+        chunk = block.astype(np.float64).reshape(-1, channels)
         total += chunk.sum(axis=0)
         squares += np.square(chunk).sum(axis=0)
     count = len(pixels) * pixels.shape[1] * pixels.shape[2]  # prepare never leaves train empty

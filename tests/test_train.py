@@ -261,7 +261,7 @@ def test_channel_moments_are_the_splits_read_a_chunk_at_a_time(tmp_path):
     pixels = rng.integers(0, 256, (37, 5, 4, 3), np.uint8) // np.array([1, 2, 4], np.uint8)
     np.save(tmp_path / "view.npy", pixels)
     mapped = np.load(tmp_path / "view.npy", mmap_mode="r")
-    moments = channel_moments(mapped, chunk_bytes=5 * 4 * 3 * 8)  # 8 images a chunk
+    moments = channel_moments(mapped, chunk_bytes=8 * 5 * 4 * 3 * 8)  # 8 images a block
     flat = pixels.reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(moments.mean, flat.mean(axis=0))
     np.testing.assert_allclose(moments.variance, flat.var(axis=0))
