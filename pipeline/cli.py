@@ -5,7 +5,6 @@ and the stages that do not train never pay for importing TensorFlow.
 """
 
 import atexit
-import errno
 import gc
 import os
 from pathlib import Path
@@ -13,8 +12,7 @@ from pathlib import Path
 import click
 
 from pipeline.backend import load_keras
-from pipeline.errors import NotOurs, PipelineError, refused
-from pipeline.params import Params, ParamsError, load_params
+from pipeline.command import Group, params_of
 
 # Defaults match the paths in dvc.yaml (tests/test_dvc_yaml.py checks).
 RAW = Path("data/raw")
@@ -25,48 +23,6 @@ LIVE = Path("results/train")
 PREPARE_REPORT = Path("results/prepare")
 EVALUATION = Path("results/evaluate")
 DECODE_CACHE = Path(".cache/imgpipe/decoded.sqlite")
-
-
-class BadParams(click.ClickException):
-    exit_code = 2  # a usage error, like click's own for bad options
-
-
-# The commands that read params.yaml. Their params are checked before click checks their
-# paths, so a broken params.yaml is named (exit 2) whatever else is missing.
-READS_PARAMS = frozenset({"ingest", "prepare", "train", "evaluate"})
-HELP = frozenset({"-h", "--help"})
-
-
-class Group(click.Group):
-    def resolve_command(self, ctx, args):
-        # Called with the command and its arguments still unparsed: params come first.
-        name, command, rest = super().resolve_command(ctx, args)
-        if name in READS_PARAMS and not HELP.intersection(rest):
-            _params(ctx)
-        return name, command, rest
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except NotOurs as error:
-            raise BadParams(str(error)) from None
-        except PipelineError as error:
-            raise click.ClickException(str(error)) from None
-        except OSError as error:  # the file system refused: one line, not a traceback
-            if error.errno == errno.EPIPE:  # a reader of our output left: click's own case
-                raise
-            raise click.ClickException(refused(error)) from None
-
-
-def _params(ctx: click.Context) -> Params:
-    """params.yaml (the group's --params), parsed once per run."""
-    root = ctx.find_root()
-    if "params" not in root.meta:
-        try:
-            root.meta["params"] = load_params(root.params["params_path"])
-        except ParamsError as error:
-            raise BadParams(str(error)) from None
-    return root.meta["params"]
 
 
 def _folder(exists: bool = True) -> click.Path:
@@ -104,7 +60,7 @@ def cli(params_path: Path) -> None:
 
     `dvc repro` runs the stages in order (ingest, prepare, train, evaluate) and
     only those whose inputs changed; each command below runs one stage by hand.
-    """  # --params is read by _params, once, when a command needs it
+    """  # --params is read by params_of, once, when a command needs it
 
 
 @cli.command("demo-data")
@@ -168,7 +124,7 @@ def ingest(
     every top-level folder is a split (train/, val/, test/, ...), the classes are
     the folders inside them. The output does not depend on --workers or the cache.
     """
-    settings = _params(ctx).ingest
+    settings = params_of(ctx).ingest
     from pipeline import ingest as stage
     from pipeline.cores import usable_cores
     from pipeline.ingest.summary import summary
@@ -212,7 +168,7 @@ def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> N
     With split folders (raw/train/, val/, test/) each image keeps its folder's
     split (prepare.split); a missing one is drawn from train/.
     """
-    settings = _params(ctx).prepare
+    settings = params_of(ctx).prepare
     from pipeline import prepare as stage
 
     processed = stage.run(interim, out, report_dir, settings)
@@ -257,7 +213,7 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     you multiply the batch size by k, multiplying the learning rate by k is the
     usual starting point.
     """
-    params = _params(ctx)
+    params = params_of(ctx)
     load_keras(also=("dvclive",))
     from pipeline import distribute
     from pipeline import train as stage
@@ -300,7 +256,7 @@ def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -
     errors.png shows the most confidently wrong test images. A model trained
     with another label map or for other input shapes is refused.
     """
-    _params(ctx)  # validated like every stage, though evaluation reads no setting yet
+    params_of(ctx)  # validated like every stage, though evaluation reads no setting yet
     load_keras()
     from pipeline import evaluate as stage
 
