@@ -13,6 +13,7 @@ compared byte for byte with those of the first code tree.
 
 import argparse
 import hashlib
+import math
 import os
 import sys
 import tempfile
@@ -28,10 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 IMGPIPE = Path(sys.executable).parent / "imgpipe"
 
 
-def write_params(path: Path, images: Path, distance: int | None) -> Path:
-    """params.yaml's, with ingest's colour mode and one view as the interim's images are."""
+def write_params(path: Path, images, distance: int | None) -> Path:
+    """params.yaml's, with ingest's colour mode and one view as the interim's `images` are."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    _, height, width, channels = np.load(images, mmap_mode="r").shape
+    _, height, width, channels = images.shape
     mode = "rgb" if channels == 3 else "grayscale"
     params["ingest"] |= {"image_size": [height, width], "color_mode": mode}
     params["prepare"]["views"] = [{"image_size": [height, width], "color_mode": mode}]
@@ -61,9 +62,10 @@ def memory(interims: list[Path], codes: list[Path], distance: int | None) -> Non
     print("| images | pixels | code | peak RSS | outputs |")
     print("|---|---|---|---|---|")
     for interim in interims:
-        pixels = np.load(interim / "images.npy", mmap_mode="r")
+        pixels = store.read_interim(interim).images
+        size = math.prod(pixels.shape)
         with tempfile.TemporaryDirectory(dir=interim.parent) as scratch:
-            params = write_params(Path(scratch) / "params.yaml", interim / "images.npy", distance)
+            params = write_params(Path(scratch) / "params.yaml", pixels, distance)
             first = None
             for index, code in enumerate(codes):
                 out = Path(scratch) / str(index)
@@ -71,29 +73,36 @@ def memory(interims: list[Path], codes: list[Path], distance: int | None) -> Non
                 files = digests(out)
                 first = first or files
                 same = "first" if index == 0 else ("same" if files == first else "DIFFER")
-                print(f"| {len(pixels):,} | {pixels.nbytes / 2**20:,.0f} MiB | {code} | "
+                print(f"| {len(pixels):,} | {size / 2**20:,.0f} MiB | {code} | "
                       f"{rss / 2**20:,.0f} MiB | {same} |", flush=True)  # fmt: skip
 
 
+class Blocky:
+    """`count` blocky 64x64 RGB images (4x4 random colours, each 16 pixels wide), made
+    when a block of rows is asked for: image i's colours come from seed i."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        coarse = np.stack([
+            np.random.default_rng(i).integers(0, 256, (4, 4, 3), np.uint8)
+            for i in range(*rows.indices(self.count))
+        ])  # fmt: skip
+        return coarse.repeat(16, axis=1).repeat(16, axis=2)
+
+
 def synthetic(count: int, out: Path) -> None:
-    """An interim folder of `count` blocky 64x64 RGB images (4x4 random colours, each
-    16 pixels wide), written straight into images.npy with their manifest: no decoding,
-    so a million takes a minute."""
-    rng = np.random.default_rng(0)
-    out.mkdir(parents=True, exist_ok=True)
-    pixels = out / "pixels.npy"  # linked into place as images.npy, then removed
-    images = np.lib.format.open_memmap(pixels, "w+", np.uint8, (count, 64, 64, 3))
-    for start in range(0, count, 10_000):
-        coarse = rng.integers(0, 256, (min(10_000, count - start), 4, 4, 3), np.uint8)
-        images[start : start + len(coarse)] = coarse.repeat(16, axis=1).repeat(16, axis=2)
-    images.flush()
+    """An interim folder of `count` Blocky images, written straight into its shards with
+    their manifest: no decoding, so a million take minutes, in little memory."""
     rows = [
         store.ManifestRow(f"c{i % 3}/{i:07d}.png", f"c{i % 3}",
                           hashlib.sha256(str(i).encode()).hexdigest(), 64, 64, "PNG", "RGB")
         for i in range(count)
     ]  # fmt: skip
-    store.write_interim(out, store.Interim(images, rows, [], [], {"synthetic": count}), pixels)
-    pixels.unlink()
+    rows.sort(key=lambda row: row.path)  # ingest's order
+    images = Blocky(count)
+    store.write_interim(out, store.Interim(images, rows, [], [], {"synthetic": count}))
 
 
 def main() -> None:

@@ -85,13 +85,12 @@ def merged_raw(folder: Path, raw: Path) -> list[str]:
     return sorted(classes)
 
 
-def split_folders(raw: Path, splits_csv: Path, out: Path) -> None:
+def split_folders(raw: Path, processed: Path, out: Path) -> None:
     """The images prepare put in each split, as split/class folders for Keras."""
-    with splits_csv.open(newline="") as file:
-        for row in csv.DictReader(file):
-            target = out / row["split"] / row["label"] / Path(row["path"]).name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(raw / row["path"], target)
+    for row in store.read_split_rows(processed):
+        target = out / row.split / row.label / Path(row.path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(raw / row.path, target)
 
 
 def imgpipe(params: Path, work: Path, *stages: str) -> float:
@@ -221,7 +220,7 @@ def measure(folder: Path, epochs: int, rounds: int, size: int, color_mode: str) 
             rows["experiment"].append((experiment, speeds(live, "epoch_seconds"), accuracy))
             limits += bound(work / "processed", settings)
             if round_ == 0:
-                split_folders(work / "raw", work / "processed" / "splits.csv", work / "splits")
+                split_folders(work / "raw", work / "processed", work / "splits")
             command = [sys.executable, "-c", KERAS_WAY, work / "splits", ",".join(classes),
                        size, size, channels, epochs, settings["batch_size"], params["base"]["seed"],
                        settings["model"], settings["learning_rate"]]  # fmt: skip

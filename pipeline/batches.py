@@ -1,4 +1,4 @@
-"""Batches of a prepared split for Keras, read from its memory-mapped arrays as they are needed,
+"""Batches of a prepared split for Keras, read from its shard files as they are needed,
 so a data set larger than memory trains and evaluates too."""
 
 import math
@@ -56,7 +56,7 @@ class Batches(keras.utils.PyDataset):
         if epoch != known:
             order = self._order(epoch)
             self._epoch_order = (epoch, order)
-        # Sorted, so a batch reads the memory map front to back; order within a batch
+        # Sorted, so a batch reads its shards front to back; order within a batch
         # does not change the gradient.
         chosen = np.sort(order[index * self.batch_size : (index + 1) * self.batch_size])
         chosen = chosen[self.shard[0] :: self.shard[1]]

@@ -94,7 +94,8 @@ def demo_data(folder: Path, force: bool) -> None:
     type=_folder(exists=False),
     default=INTERIM,
     show_default=True,
-    help="Where to write images.npy, manifest.csv, quarantine.csv, duplicates.csv, report.json.",
+    help="Where to write images/ and manifest/ (sharded), shards.csv, quarantine.csv, "
+    "duplicates.csv, report.json.",
 )
 @WORKERS
 @click.option(
@@ -148,7 +149,7 @@ def ingest(
     type=_folder(exists=False),
     default=PROCESSED,
     show_default=True,
-    help="Where to write the per-split views and labels, labels.json and splits.csv.",
+    help="Where to write each shard's splits, labels and views, shards.csv and labels.json.",
 )
 @click.option(
     "--report-dir",
@@ -271,15 +272,14 @@ def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -
 @click.argument("rev_a", required=False, default="HEAD")
 @click.argument("rev_b", required=False)
 @click.option(
-    "--splits",
-    "splits_csv",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=PROCESSED / "splits.csv",
+    "--processed",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=PROCESSED,
     show_default=True,
-    help="The versioned split table to compare, relative to the repository root.",
+    help="The versioned prepared folder whose splits to compare, relative to the repository root.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def diff(rev_a: str, rev_b: str | None, splits_csv: Path, as_json: bool) -> None:
+def diff(rev_a: str, rev_b: str | None, processed: Path, as_json: bool) -> None:
     """What changed in the data from REV_A to REV_B, per class.
 
     REV_A and REV_B are git revisions (default: HEAD against the work tree).
@@ -291,7 +291,7 @@ def diff(rev_a: str, rev_b: str | None, splits_csv: Path, as_json: bool) -> None
 
     from pipeline import diff as changes
 
-    before, after = (changes.read_rows(splits_csv, rev) for rev in (rev_a, rev_b))
+    before, after = (changes.read_rows(processed, rev) for rev in (rev_a, rev_b))
     table = changes.compare(before, after)
     click.echo(json.dumps(table, indent=2) if as_json else changes.render(table))
 

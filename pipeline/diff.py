@@ -2,8 +2,8 @@
 relabelled and moved between splits.
 
 Images are matched by content (sha256), so a renamed file is neither added nor
-removed. Versions are read from git revisions through dvc.api, which takes the
-files from the DVC cache (or the remote), without checking anything out.
+removed. Versions are read from git revisions through DVC's file system, which takes
+the files from the DVC cache (or the remote), without checking anything out.
 """
 
 from collections import Counter, defaultdict
@@ -43,30 +43,33 @@ def compare(before: list[store.SplitRow], after: list[store.SplitRow]) -> dict:
     return table
 
 
-def read_rows(splits_csv: Path, rev: str | None) -> list[store.SplitRow]:
-    """splits.csv at a git revision, or in the work tree when `rev` is None."""
+def read_rows(processed: Path, rev: str | None) -> list[store.SplitRow]:
+    """The split rows of the prepared folder `processed` at a git revision, or in the work
+    tree when `rev` is None."""
     if rev is None:
-        if not splits_csv.exists():
-            raise PipelineError(f"{splits_csv} does not exist; run `dvc repro prepare` first")
-        return store.read_split_rows(splits_csv)
-    import dvc.api
-    from dvc.exceptions import DvcException, PathMissingError
+        if not (processed / "shards.csv").exists():
+            raise PipelineError(
+                f"{processed} holds no prepared splits; run `dvc repro prepare` first"
+            )
+        return store.read_split_rows(processed)
+    from dvc.api import DVCFileSystem
+    from dvc.exceptions import DvcException
     from scmrepo.exceptions import SCMError
 
     try:
-        text = dvc.api.read(splits_csv.as_posix(), rev=rev)
-    except PathMissingError:  # DVC's own words say "neither as a DVC output nor as ..."
+        versioned = DVCFileSystem(rev=rev)
+        return store.read_split_rows(processed, versioned.read_text, f" at {rev}")
+    except FileNotFoundError:  # DVC's own words say "neither as a DVC output nor as ..."
         raise PipelineError(
-            f"{splits_csv} is not in {rev}: prepare had not run there, or its dvc.lock was not "
+            f"{processed} is not in {rev}: prepare had not run there, or its dvc.lock was not "
             "committed. imgpipe diff compares prepared splits: run `dvc repro prepare` and "
             "commit dvc.lock first"
         ) from None
     except (DvcException, SCMError) as error:
         raise PipelineError(
-            f"cannot read {splits_csv} at {rev}: {error}; check the revision, "
+            f"cannot read {processed} at {rev}: {error}; check the revision, "
             "and `dvc fetch` its data if this machine's DVC cache does not have it"
         ) from None
-    return store.split_rows_from_text(text, f"{splits_csv} at {rev}")
 
 
 def render(table: dict) -> str:

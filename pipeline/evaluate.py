@@ -210,9 +210,7 @@ def load_matching_model(model_path: Path, processed: Path, shapes: list[tuple]) 
 def run(model_path: Path, processed: Path, out: Path) -> dict:
     test = store.read_split(processed, "test")
     model = load_matching_model(model_path, processed, [view.shape[1:] for view in test.views])
-    paths = [
-        row.path for row in store.read_split_rows(processed / "splits.csv") if row.split == "test"
-    ]
+    paths = [row.path for row in store.read_split_rows(processed) if row.split == "test"]
     names = list(store.read_class_indices(processed))
     metrics, scores, rows, (roc, pr) = evaluate(model, test, names, paths)
     files.clear_outputs(out, OUTPUTS)

@@ -8,7 +8,6 @@ its previous outputs first, so those present are never a mix of two runs.
 import functools
 import json
 import math
-import mmap
 import os
 import shutil
 import sys
@@ -130,23 +129,11 @@ def array_writer(path: Path, shape: tuple[int, ...], dtype) -> Iterator[Callable
             raise ValueError(f"{path}: {file.tell() - start} bytes written, not {size}")
 
 
-def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Rows start:stop of `array`, in memory. From a whole array load_array mapped, they are
-    read from its file, not through the map: pages read through a map stay in the process's
-    RSS until it is unmapped, so one pass over a mapped array would grow RSS to its size."""
-    if not isinstance(array.base, mmap.mmap):  # in memory, or part of a mapped array
-        return np.asarray(array[start:stop])
-    shape = array[start:stop].shape  # a view: no page is read
-    row_bytes = array.dtype.itemsize * math.prod(shape[1:])
-    return np.fromfile(
-        array.filename, array.dtype, math.prod(shape), offset=array.offset + start * row_bytes
-    ).reshape(shape)
-
-
-def read_blocks(array: np.ndarray, rows: int) -> Iterator[np.ndarray]:
-    """`array` in consecutive blocks of `rows` rows, each read into memory on its own."""
+def read_blocks(array, rows: int) -> Iterator[np.ndarray]:
+    """`array` (an ndarray, or rows of shard files: shards.Rows) in consecutive blocks of
+    `rows` rows, each read into memory on its own."""
     for start in range(0, len(array), rows):
-        yield read_rows(array, start, start + rows)
+        yield np.asarray(array[start : start + rows])
 
 
 def write_bytes(path: Path, data: bytes) -> None:

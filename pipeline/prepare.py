@@ -40,7 +40,7 @@ SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # a group goes to its members' 
 # before prepare warns.
 SPLIT_TOLERANCE = 0.10
 
-# The leaking near-duplicate pairs report.json lists by path; splits.csv's group column
+# The leaking near-duplicate pairs report.json lists by path; the split rows' group column
 # holds them all.
 LISTED_LEAKS = 20
 
@@ -273,7 +273,8 @@ def split_warnings(report: dict, classes: list[str], settings: Prepare) -> list[
             f"{near['leakage']} near-duplicate pairs are in two given split folders (first: "
             f"{first} and {second}), so the model is tested on near-copies of images it "
             "trained on; move or remove one image of each pair (report.json lists them under "
-            "near_duplicates.leaking_pairs, splits.csv by group), or set prepare.split: hash"
+            "near_duplicates.leaking_pairs, data/processed/splits/ by group), or set "
+            "prepare.split: hash"
         )
     if report["split"]["mode"] == "hash":  # given splits are as large as their folders
         warnings += _fraction_warnings(report, settings)
@@ -377,8 +378,8 @@ def run(
     settings: Prepare,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> store.Processed:
-    """Prepare's outputs; the ingested images pass through memory a block at a time, twice:
-    for their hashes, then for the views, which go to the split files as they are made."""
+    """Prepare's outputs; the ingested images pass through memory a block at a time for
+    their hashes, then a shard at a time for each view that is not the ingested image."""
     interim = store.read_interim(interim_dir)
     processed = prepare(interim, settings, chunk_bytes)
     # All but the views is made before the first output is cleared: a run that fails or is
@@ -387,12 +388,14 @@ def run(
         "class_balance.png": class_balance_png(processed.report, list(processed.class_indices)),
         "samples.png": samples_png(processed, interim.images, settings.views[0]),
     }
-    rows = block_rows(interim.images, settings, chunk_bytes)
-    view_blocks = map(  # map keeps no block once its views are made; a generator would
-        lambda block: [derive_view(block, view) for view in settings.views],
-        files.read_blocks(interim.images, rows),
-    )
-    store.write_processed(out, processed, view_shapes(settings), view_blocks)
+    shape = interim.images.shape[1:]
+    views = [  # a view that is the ingested image is its files; the others are made
+        interim.images
+        if shape == view_shape
+        else (lambda start, stop, view=view: derive_view(interim.images[start:stop], view))
+        for view, view_shape in zip(settings.views, view_shapes(settings), strict=True)
+    ]
+    store.write_processed(out, processed, store.interim_shards(interim.manifest), views)
     files.clear_outputs(report_dir, [*plots, "report.json"])
     for name, data in plots.items():
         files.write_bytes(report_dir / name, data)

@@ -12,14 +12,14 @@ import hashlib
 import io
 import json
 import operator
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline import files
+from pipeline import files, shards
 from pipeline.errors import PipelineError, one_line
 from pipeline.params import Ingest
 
@@ -146,29 +146,60 @@ class Processed:
     report: dict
 
 
-# File names; dvc.yaml lists the same paths (tests/test_dvc_yaml.py checks). Prepare's
-# folder is one DVC output as a whole: its number of views follows params.
-INTERIM_FILES = ("images.npy", "manifest.csv", "quarantine.csv", "duplicates.csv", "report.json")
+# What ingest writes in its folder; dvc.yaml lists the same paths (tests/test_dvc_yaml.py
+# checks). Pixels and manifest rows are sharded (pipeline/shards.py), shards.csv their
+# order; images/<shard>.npy holds rows of (H, W, C) uint8, manifest/<shard>.csv their rows.
+INTERIM_FILES = (
+    "images",
+    "manifest",
+    "shards.csv",
+    "quarantine.csv",
+    "duplicates.csv",
+    "report.json",
+)
+# Prepare's folder, one DVC output as a whole, cut into the interim's shards: per shard
+# splits/ (SplitRows), labels/ (as Split.labels) and one view<i>/ per view, whose files
+# are the ingested images' own, hard-linked, where a view is the ingested image.
+PROCESSED_FILES = ("shards.csv", "splits", "labels", "view*", "labels.json")
 
 
-def write_interim(folder: Path, interim: Interim, images_file: Path | None = None) -> None:
-    """Write ingest's outputs; `images_file`, a .npy file that already holds exactly
-    `interim.images`, is linked (or copied) instead of writing the pixels again."""
-    files.clear_outputs(folder, INTERIM_FILES)
-    if images_file is None:
-        files.save_array(folder / "images.npy", interim.images)
-    else:
-        files.link_or_copy(images_file, folder / "images.npy")
-    _write_rows(folder / "manifest.csv", ManifestRow, interim.manifest)
+def interim_shards(manifest: list[ManifestRow]) -> list[shards.Shard]:
+    """The interim's shards, which prepare's mirror: a shard never spans two class or
+    split folders."""
+    hashes = [row.sha256 for row in manifest]
+    return shards.cut(hashes, [f"{row.given_split}/{row.label}" for row in manifest])
+
+
+def interim_images(folder: Path, manifest: list[ManifestRow]) -> shards.Rows:
+    """The images ingest wrote in `folder`, whose rows `manifest` describes."""
+    return shards.Rows(folder / "images", interim_shards(manifest))
+
+
+def write_interim(folder: Path, interim: Interim, reuse: dict[str, Path] | None = None) -> None:
+    """Write ingest's outputs; a shard named in `reuse`, whose file there holds exactly its
+    pixels, is linked (or copied) from it instead of written again."""
+    _clear(folder, INTERIM_FILES)
+    cut = interim_shards(interim.manifest)
+    reuse = reuse or {}
+    written = [shard for shard in cut if shard.name not in reuse]
+    shards.write_arrays(folder / "images", written, lambda a, b: interim.images[a:b])
+    for name, path in reuse.items():
+        files.link_or_copy(path, shards.path(folder / "images", name))
+    _write_sharded(folder / "manifest", cut, ManifestRow, interim.manifest)
     _write_rows(folder / "quarantine.csv", QuarantineRow, interim.quarantine)
     _write_rows(folder / "duplicates.csv", DuplicateRow, interim.duplicates)
+    shards.write_index(folder / "shards.csv", cut)
     files.write_json(folder / "report.json", interim.report)  # last: its presence means complete
 
 
 def read_interim(folder: Path) -> Interim:
+    cut = _shards_of(folder)
+    manifest = _read_sharded(folder / "manifest", cut, ManifestRow)
+    with _parsing(folder / "images"):
+        images = shards.Rows(folder / "images", cut)
     return Interim(
-        images=load_array(folder / "images.npy"),
-        manifest=_read_rows(folder / "manifest.csv", ManifestRow),
+        images=images,
+        manifest=manifest,
         quarantine=_read_rows(folder / "quarantine.csv", QuarantineRow),
         duplicates=_read_rows(folder / "duplicates.csv", DuplicateRow),
         report=read_json(folder / "report.json"),
@@ -176,68 +207,104 @@ def read_interim(folder: Path) -> Interim:
 
 
 def write_processed(
-    folder: Path,
-    processed: Processed,
-    view_shapes: list[tuple[int, ...]],
-    view_blocks: Iterable[list[np.ndarray]],
+    folder: Path, processed: Processed, cut: list[shards.Shard], views: list
 ) -> None:
-    """Prepare's outputs. `view_blocks` yields, for consecutive blocks of images in manifest
-    order, each view's rows of them (views of `view_shapes`); every row goes to its split's
-    file as its block comes, so no view is ever whole in memory."""
-    arrays = [path.name for path in folder.glob("*.npy")]  # views may be fewer than last time
-    files.clear_outputs(folder, [*arrays, "labels.json", "splits.csv"])
-    splits = np.array([row.split for row in processed.rows])
-    # The labels first: a run killed in the long write of the views after them has files in
-    # place, but never splits.csv (tests/test_interrupt.py kills it there).
-    for name in SPLITS:
-        files.save_array(folder / f"{name}_labels.npy", processed.labels[splits == name])
-    counts = {name: np.count_nonzero(splits == name) for name in SPLITS}
-    with ExitStack() as opened:
-        writers = {
-            name: [
-                opened.enter_context(
-                    files.array_writer(
-                        folder / f"{name}_view{index}.npy", (count, *shape), np.uint8
-                    )
-                )
-                for index, shape in enumerate(view_shapes)
-            ]
-            for name, count in counts.items()
-        }
-        start = 0
-        for block in view_blocks:
-            _write_block(writers, splits[start : start + len(block[0])], block)
-            start += len(block[0])
-            del block  # now, not once the next block is made
+    """Prepare's outputs, in the shards `cut`. Each view is shards.Rows already cut so (the
+    ingested images: their files are linked), or a function giving rows start:stop of it,
+    called a shard at a time, so that no view is ever whole in memory."""
+    _clear(folder, PROCESSED_FILES)
+    _write_sharded(folder / "splits", cut, SplitRow, processed.rows)
+    shards.write_arrays(folder / "labels", cut, lambda a, b: processed.labels[a:b])
+    for index, view in enumerate(views):
+        if isinstance(view, shards.Rows):
+            shards.link_arrays(view.folder, folder / f"view{index}", cut)
+        else:
+            shards.write_arrays(folder / f"view{index}", cut, view)
+    shards.write_index(folder / "shards.csv", cut)
+    # Last: a run killed before it has files in place, never labels.json
+    # (tests/test_interrupt.py kills it there), and read_split refuses it.
     files.write_json(folder / "labels.json", processed.class_indices)
-    _write_rows(folder / "splits.csv", SplitRow, processed.rows)  # last: complete when present
 
 
-def _write_block(
-    writers: dict[str, list[Callable]], splits: np.ndarray, block: list[np.ndarray]
-) -> None:
-    """Each view's rows of one block of images to their splits' files."""
-    for name, writes in writers.items():
-        for write, rows in zip(writes, block, strict=True):
-            write(rows[splits == name])
-
-
-def write_split(folder: Path, name: str, split: Split) -> None:
-    """One split's arrays from memory, as read_split reads them (write_processed streams
-    prepare's)."""
-    for index, view in enumerate(split.views):
-        files.save_array(folder / f"{name}_view{index}.npy", view)
-    files.save_array(folder / f"{name}_labels.npy", split.labels)
+def write_splits(folder: Path, splits: dict[str, Split], class_indices: dict[str, int]) -> None:
+    """A prepared folder that holds `splits` given in memory (tests, benchmarks), as
+    read_split reads them; rows in the order of `splits`, cut every SHARD_ROWS."""
+    names = [name for name, split in splits.items() for _ in range(len(split.labels))]
+    rows = [
+        SplitRow(f"{name}/{i}", hashlib.sha256(str(i).encode()).hexdigest(), "", name, "", "")
+        for i, name in enumerate(names)
+    ]
+    cut = shards.cut([row.sha256 for row in rows], names)
+    labels = np.concatenate([split.labels for split in splits.values()])
+    processed = Processed(class_indices, rows, labels, {})
+    views = [
+        (lambda a, b, i=i: np.concatenate([split.views[i] for split in splits.values()])[a:b])
+        for i in range(len(next(iter(splits.values())).views))
+    ]
+    write_processed(folder, processed, cut, views)
 
 
 def read_split(folder: Path, name: str) -> Split:
+    if not (folder / "labels.json").exists():
+        raise PipelineError(
+            f"{folder} is not a complete prepared folder (no labels.json: prepare was "
+            "interrupted, or never ran); run prepare again (dvc repro)"
+        )
+    cut = _shards_of(folder)
+    rows = read_split_rows(folder)
+    chosen = np.flatnonzero(np.array([row.split for row in rows]) == name)
     views = []
-    while (path := folder / f"{name}_view{len(views)}.npy").exists():
-        views.append(load_array(path))
-    return Split(
-        views=views,
-        labels=load_array(folder / f"{name}_labels.npy"),
-    )
+    while (path := folder / f"view{len(views)}").is_dir():
+        with _parsing(path):
+            views.append(shards.Rows(path, cut, chosen))
+    with _parsing(folder / "labels"):
+        labels = shards.Rows(folder / "labels", cut, chosen)[:]
+    return Split(views=views, labels=labels)
+
+
+def read_split_rows(
+    folder: Path, read_text: Callable[[str], str] | None = None, where: str = ""
+) -> list[SplitRow]:
+    """Every image's split row, in the manifest's order. `read_text` reads a file of the
+    folder, by its path, from elsewhere (a git revision, for diff), `where` naming it."""
+    read = read_text or (lambda path: Path(path).read_text(encoding="utf-8"))
+    with _parsing(f"{folder / 'shards.csv'}{where}"):
+        cut = shards.parse_index(read((folder / "shards.csv").as_posix()))
+    rows = []
+    for shard in cut:
+        path = folder / "splits" / f"{shard.name}.csv"
+        with _parsing(f"{path}{where}"):
+            rows += _parse_rows(io.StringIO(read(path.as_posix()), newline=""), SplitRow)
+    return rows
+
+
+SHARDED = (".npy", ".csv")  # what a shard folder holds
+
+
+def _clear(folder: Path, names) -> None:
+    """A stage's previous outputs out of `folder`: its files, and in its shard folders the
+    shard files, with what killed writes left; nothing else."""
+    files.clear_outputs(folder, [])  # makes the folder, clears its leftovers
+    for pattern in names:
+        for path in folder.glob(pattern):
+            if path.is_dir():
+                files.clear_outputs(path, [p.name for p in path.glob("*") if p.suffix in SHARDED])
+            else:
+                path.unlink()
+
+
+def _shards_of(folder: Path) -> list[shards.Shard]:
+    with _parsing(folder / "shards.csv"):
+        return shards.parse_index((folder / "shards.csv").read_text(encoding="utf-8"))
+
+
+def _write_sharded(folder: Path, cut: list[shards.Shard], row_type: type, rows: list) -> None:
+    for shard in cut:
+        _write_rows(folder / f"{shard.name}.csv", row_type, rows[shard.start : shard.stop])
+
+
+def _read_sharded(folder: Path, cut: list[shards.Shard], row_type: type) -> list:
+    return [row for shard in cut for row in _read_rows(folder / f"{shard.name}.csv", row_type)]
 
 
 def read_class_indices(folder: Path) -> dict[str, int]:
@@ -324,26 +391,17 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def read_split_rows(path: Path) -> list[SplitRow]:
-    return _read_rows(path, SplitRow)
-
-
 @contextmanager
 def _parsing(path: Path | str) -> Iterator[None]:
     """A stage's output that is there but cannot be parsed: say which, and how to mend it."""
     try:
         yield
     except (ValueError, TypeError, csv.Error) as error:
+        path = getattr(error, "path", path)  # a shard file names itself (shards.Damaged)
         raise PipelineError(
             f"{path} is damaged or not the file expected ({one_line(error)}); restore it "
             "(dvc checkout), run the stage that writes it again (dvc repro), or name the right file"
         ) from None
-
-
-def load_array(path: Path) -> np.ndarray:
-    """Memory-map an array written by `save_array` (read-only, never unpickled)."""
-    with _parsing(path):
-        return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def read_json(path: Path):
@@ -368,18 +426,12 @@ def _read_rows(path: Path, row_type: type) -> list:
         return _parse_rows(file, row_type)
 
 
-def split_rows_from_text(text: str, source: str) -> list[SplitRow]:
-    """The rows of a splits.csv read from elsewhere (a git revision), `source` naming it."""
-    with _parsing(source):
-        return _parse_rows(io.StringIO(text, newline=""), SplitRow)
-
-
 # The file each kind of row is written to, for messages about a file of the wrong kind.
 TABLES = {
-    ManifestRow: "manifest.csv",
+    ManifestRow: "manifest/ shard",
     QuarantineRow: "quarantine.csv",
     DuplicateRow: "duplicates.csv",
-    SplitRow: "splits.csv",
+    SplitRow: "splits/ shard",
     PredictionRow: "predictions.csv",
     ClassScoreRow: "classes.csv",
     EpochSpeedRow: "speed.csv",
@@ -391,7 +443,7 @@ TABLES = {
 def _parse_rows(lines, row_type: type) -> list:
     types = {field.name: field.type for field in dataclasses.fields(row_type)}
     reader = csv.DictReader(lines)
-    if reader.fieldnames != list(types):  # e.g. a manifest.csv given where a splits.csv goes
+    if reader.fieldnames != list(types):  # e.g. a manifest shard given for a splits shard
         raise ValueError(
             f"its columns are {', '.join(reader.fieldnames or ['none'])}, where a "
             f"{TABLES[row_type]} has {', '.join(types)}"

@@ -123,8 +123,7 @@ def test_the_stages_by_hand_write_every_output(project):
     paths, _, outputs = project
     assert sorted(p.name for p in paths["interim"].iterdir()) == sorted(store.INTERIM_FILES)
     assert sorted(p.name for p in paths["processed"].iterdir()) == sorted(
-        [f"{split}_{kind}.npy" for split in store.SPLITS for kind in ("view0", "labels")]
-        + ["labels.json", "splits.csv"]
+        ["shards.csv", "splits", "labels", "view0", "labels.json"]
     )
     assert sorted(p.name for p in paths["prepare_report"].iterdir()) == [
         "class_balance.png", "report.json", "samples.png"
@@ -163,7 +162,7 @@ def test_the_stages_by_hand_write_every_output(project):
     assert f"test accuracy {metrics['accuracy']:.4f}" in outputs["evaluate"]
     rows = predictions(paths["results"])
     assert len(rows) == metrics["images"]
-    test_rows = store.read_split_rows(paths["processed"] / "splits.csv")
+    test_rows = store.read_split_rows(paths["processed"])
     assert [r["path"] for r in rows] == [r.path for r in test_rows if r.split == "test"]
     with (paths["results"] / "classes.csv").open() as file:
         scores = list(csv.DictReader(file))
@@ -337,8 +336,8 @@ def test_evaluate_refuses_a_model_whose_input_shape_differs(project, tmp_path):
     processed = tmp_path / "processed"
     shutil.copytree(paths["processed"], processed)
     other_size = store.Split([np.zeros((3, 40, 40, 1), np.uint8)], np.eye(3, dtype=np.float32))
-    for split in store.SPLITS:
-        store.write_split(processed, split, other_size)
+    classes = store.read_class_indices(processed)
+    store.write_splits(processed, dict.fromkeys(store.SPLITS, other_size), classes)
     result = invoke("--params", paths["params"], "evaluate", "--model", paths["model"],
                     "--processed", processed, "--out", tmp_path / "out")  # fmt: skip
     assert result.exit_code == 1
@@ -396,7 +395,7 @@ def test_multi_input_with_one_view_is_a_params_error(tmp_path):
 
 def test_predict_agrees_with_evaluate_on_the_same_images(project):
     paths, _, _ = project
-    rows = store.read_split_rows(paths["processed"] / "splits.csv")
+    rows = store.read_split_rows(paths["processed"])
     test_files = [paths["raw"] / row.path for row in rows if row.split == "test"]
     result = invoke("predict", paths["model"], *test_files, "--json")
     assert result.exit_code == 0, result.output
@@ -483,7 +482,7 @@ def test_predict_decodes_files_with_the_settings_the_model_was_trained_with(tmp_
                     "--live-dir", tmp_path / "live")  # fmt: skip
     assert result.exit_code == 0, result.output
     test = store.read_split(processed, "test")
-    files = [raw / row.path for row in store.read_split_rows(processed / "splits.csv")
+    files = [raw / row.path for row in store.read_split_rows(processed)
              if row.split == "test"]  # fmt: skip
     other = write_params(tmp_path / "other.yaml", **FAST)
     result = invoke("--params", other, "predict", model, *files, "--json")
@@ -633,8 +632,9 @@ def test_a_cache_made_before_caches_were_marked_is_still_used(tmp_path):
     cache = tmp_path / "decoded.sqlite"
     first = invoke("ingest", "--raw", raw, "--out", tmp_path / "first", "--cache", cache)
     assert first.exit_code == 0, first.output
-    with contextlib.closing(sqlite3.connect(cache)) as database:
-        database.execute("PRAGMA application_id = 0")  # as every cache was before the mark
+    with contextlib.closing(sqlite3.connect(cache)) as database, database:
+        database.execute("PRAGMA application_id = 0")  # as every cache was before the mark,
+        database.execute("ALTER TABLE kept_shards RENAME TO kept_array")  # with its tables
     result = invoke("ingest", "--raw", raw, "--out", tmp_path / "again", "--cache", cache)
     assert result.exit_code == 0, result.output
     with contextlib.closing(sqlite3.connect(cache)) as database:
@@ -735,8 +735,9 @@ def test_outputs_follow_the_umask(tmp_path, umask):
     out = tmp_path / "out"
     command = [BIN / "imgpipe", "ingest", "--raw", raw, "--out", out, "--no-cache"]
     subprocess.run(command, check=True, capture_output=True, preexec_fn=lambda: os.umask(umask))
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
-    assert modes == dict.fromkeys(store.INTERIM_FILES, 0o666 & ~umask)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+    folders = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_dir()}
+    assert modes == {0o666 & ~umask} and folders == {0o777 & ~umask}
 
 
 def test_an_output_path_on_a_read_only_file_system_is_one_line_saying_what_to_do(tmp_path):

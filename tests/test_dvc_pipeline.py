@@ -64,7 +64,7 @@ def test_a_bad_param_fails_repro_before_any_stage_output_exists(repo):
     assert done.returncode != 0
     assert "ingest.image_size = [64, 0] is invalid" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
-    assert not (repo / "data" / "interim" / "images.npy").exists()
+    assert not (repo / "data" / "interim" / "images").exists()
 
 
 def test_diff_shows_what_changed_between_two_commits(repo):
@@ -91,14 +91,19 @@ def test_diff_shows_what_changed_between_two_commits(repo):
     unchanged = json.loads(run(repo, BIN / "imgpipe", "diff", "--json"))  # HEAD vs work tree
     assert set(unchanged["total"].values()) == {0}
 
-    # A table of another kind ended in a `KeyError: 'width'` traceback.
-    wrong = ["diff", "HEAD", "--splits", "data/interim/manifest.csv"]
+    # A folder of another kind ended in a `KeyError: 'width'` traceback.
+    (repo / "elsewhere").mkdir()
+    shutil.copytree(repo / "data" / "interim" / "manifest", repo / "elsewhere" / "splits")
+    shutil.copy(repo / "data" / "interim" / "shards.csv", repo / "elsewhere")
+    run(repo, "git", "add", "elsewhere")
+    run(repo, "git", "commit", "-qm", "a manifest where splits go")
+    wrong = ["diff", "HEAD", "--processed", "elsewhere"]
     done = subprocess.run([BIN / "imgpipe", *wrong], cwd=repo, capture_output=True, text=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.startswith(
-        "Error: data/interim/manifest.csv at HEAD is damaged or not the file expected (ValueError: "
-        "its columns are path, label, sha256, width, height, format, mode, given_split, where a "
-        "splits.csv has path, sha256, label, split, group, moved_from)"
+    assert done.stderr.startswith("Error: elsewhere/splits/")
+    assert " at HEAD is damaged" in done.stderr
+    assert "is damaged or not the file expected (ValueError: its columns are path, label, " in (
+        done.stderr
     )
 
 
@@ -109,7 +114,7 @@ def test_diff_against_a_revision_without_prepared_data_says_so_in_one_line(repo)
     done = subprocess.run(command, cwd=repo, env=dvc_env(), capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr == (
-        "Error: data/processed/splits.csv is not in HEAD: prepare had not run there, or its "
+        "Error: data/processed is not in HEAD: prepare had not run there, or its "
         "dvc.lock was not committed. imgpipe diff compares prepared splits: run `dvc repro "
         "prepare` and commit dvc.lock first\n"
     )
@@ -119,7 +124,7 @@ def test_diff_of_an_unknown_revision_says_what_to_check(repo):
     command = [BIN / "imgpipe", "diff", "no-such-rev", "HEAD"]
     done = subprocess.run(command, cwd=repo, env=dvc_env(), capture_output=True, text=True)
     assert done.returncode == 1
-    assert "cannot read data/processed/splits.csv at no-such-rev" in done.stderr
+    assert "cannot read data/processed at no-such-rev" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -16,10 +16,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from pipeline import files, store
+from pipeline import files, shards, store
+from pipeline.errors import PipelineError
 from tests.conftest import BIN, photo_like, snapshot, write_params
 
 pytestmark = pytest.mark.slow
@@ -86,9 +86,14 @@ def cached_results(cache) -> int:
 
 
 def files_in(folder) -> set[str]:
-    """The outputs in place in `folder` (not the hidden .partial files being written)."""
-    names = os.listdir(folder) if folder.exists() else []
-    return {name for name in names if not name.startswith(".")}
+    """The outputs in place in `folder`, by path relative to it, shard folders' files too
+    (not the hidden .partial files being written)."""
+    found = folder.rglob("*") if folder.exists() else []
+    return {
+        path.relative_to(folder).as_posix()
+        for path in found
+        if path.is_file() and not path.name.startswith(".")
+    }
 
 
 @pytest.mark.parametrize("phase", ["start-up", "decoding", "writing"])
@@ -130,13 +135,15 @@ def test_killed_prepare_never_looks_complete_and_reruns_identically(project, pha
         started = time.monotonic()
         kill_in_phase(run, lambda: time.monotonic() - started > 0.3,
                       lambda: files_in(out) == files_in(report) == set())  # fmt: skip
-    else:  # the first array is in place, splits.csv (written last) not yet
-        kill_in_phase(run, lambda: files_in(out), lambda: "splits.csv" not in files_in(out))
-    assert "splits.csv" not in files_in(out)  # visibly incomplete
+    else:  # the first shard is in place, labels.json (written last) not yet
+        kill_in_phase(run, lambda: files_in(out), lambda: "labels.json" not in files_in(out))
+    assert "labels.json" not in files_in(out)  # visibly incomplete
+    with pytest.raises(PipelineError, match="not a complete prepared folder"):
+        store.read_split(out, "train")
     assert imgpipe(root, params, *args).wait() == 0
     assert (snapshot(out), snapshot(report)) == reference
     split = store.read_split(out, "test")
-    assert isinstance(split.views[0], np.memmap)
+    assert isinstance(split.views[0], shards.Rows)
 
 
 def test_a_partial_file_left_by_a_kill_is_removed_by_the_next_write(tmp_path):

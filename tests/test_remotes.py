@@ -93,7 +93,7 @@ def test_two_machines_share_data_model_and_metrics(tmp_path, env, server, machin
     pulled = sh(env, b, BIN / "imgpipe", "pull", "data/processed").stdout
     assert int(pulled.split()[1]) > 0, pulled  # "pull: N files downloaded"; it always said 0
     assert not (b / "data" / "raw").exists()
-    assert not (b / "data" / "interim" / "images.npy").exists()
+    assert not (b / "data" / "interim" / "images").exists()
     raw_listing = yaml.safe_load((b / "data" / "raw.dvc").read_text())["outs"][0]["md5"]
     cached = {p.parent.name + p.name for p in (b / ".dvc" / "cache").rglob("*") if p.is_file()}
     assert raw_listing not in cached  # not even the raw folder's listing was fetched

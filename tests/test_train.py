@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import store
+from pipeline import shards, store
 from pipeline.batches import Batches
 from pipeline.models import MODELS
 from pipeline.params import EarlyStopping, Params
@@ -21,7 +21,7 @@ def _split(tmp_path, count=10, views=1) -> store.Split:
         (1, 4, 4, 1), np.uint8
     )
     labels = np.arange(count, dtype=np.float32)[:, None]
-    store.write_split(tmp_path, "train", store.Split([pixels] * views, labels))
+    store.write_splits(tmp_path, {"train": store.Split([pixels] * views, labels)}, {})
     return store.read_split(tmp_path, "train")
 
 
@@ -36,9 +36,9 @@ def _epoch(batches: Batches, epoch: int = 0) -> list[int]:
     return rows
 
 
-def test_batches_read_the_memory_map_in_a_new_seeded_order_each_epoch(tmp_path):
+def test_batches_read_the_shards_in_a_new_seeded_order_each_epoch(tmp_path):
     split = _split(tmp_path)
-    assert isinstance(split.views[0], np.memmap)  # nothing loaded up front
+    assert isinstance(split.views[0], shards.Rows)  # nothing loaded up front
     batches = Batches(split, inputs=1, batch_size=4, seed=7)
     assert len(batches) == 3  # 4 + 4 + 2 in an epoch
     assert batches.num_batches is None  # endless: Keras keeps one iterator for every epoch
@@ -77,10 +77,12 @@ class _Epochs(keras.callbacks.Callback):
 def _noise(tmp_path, train_count: int, val_count: int) -> None:
     """Random 16x16 gray train and val images with 0/1 labels unrelated to the pixels."""
     rng = np.random.default_rng(0)
+    splits = {}
     for split, count in [("train", train_count), ("val", val_count)]:
         pixels = rng.integers(0, 256, (count, 16, 16, 1), np.uint8)
         labels = rng.integers(0, 2, (count, 1)).astype(np.float32)
-        store.write_split(tmp_path, split, store.Split([pixels], labels))
+        splits[split] = store.Split([pixels], labels)
+    store.write_splits(tmp_path, splits, {})
 
 
 def test_fit_takes_every_epoch_from_one_endless_run_of_batches(tmp_path, monkeypatch):
@@ -137,10 +139,12 @@ def test_without_graphviz_the_architecture_is_a_placeholder_and_training_goes_on
 
 def test_mixed_precision_and_several_steps_per_execution_train(tmp_path):
     rng = np.random.default_rng(1)
+    splits = {}
     for split, count in [("train", 24), ("val", 8)]:
         pixels = rng.integers(0, 256, (count, 16, 16, 1), np.uint8)
         labels = np.eye(3, dtype=np.float32)[np.arange(count) % 3]
-        store.write_split(tmp_path, split, store.Split([pixels], labels))
+        splits[split] = store.Split([pixels], labels)
+    store.write_splits(tmp_path, splits, {})
     raw = default_params()
     raw["train"].update(epochs=2, batch_size=4, mixed_precision="on", steps_per_execution=3)
     epochs = _Epochs()
@@ -159,6 +163,7 @@ def test_mixed_precision_and_several_steps_per_execution_train(tmp_path):
 @pytest.mark.parametrize("classes", [2, 3])
 def test_every_model_trains_an_epoch_on_tiny_data(tmp_path, model, classes):
     rng = np.random.default_rng(classes)
+    splits = {}
     for split, count in [("train", 12), ("val", 6)]:
         labels = np.arange(count) % classes
         gray = (labels * 100).astype(np.uint8)[:, None, None, None] * np.ones(
@@ -166,7 +171,8 @@ def test_every_model_trains_an_epoch_on_tiny_data(tmp_path, model, classes):
         )
         colour = rng.integers(0, 256, (count, 16, 16, 3), np.uint8)
         encoded = labels[:, None] if classes == 2 else np.eye(classes)[labels]
-        store.write_split(tmp_path, split, store.Split([gray, colour], encoded.astype(np.float32)))
+        splits[split] = store.Split([gray, colour], encoded.astype(np.float32))
+    store.write_splits(tmp_path, splits, {})
     raw = default_params()
     raw["train"].update(model=model, epochs=1, batch_size=4)
     raw["ingest"]["color_mode"] = "rgb"

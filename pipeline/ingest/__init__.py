@@ -3,7 +3,7 @@ class sub-folders) -> uint8 arrays and a manifest.
 
 Every file under the raw folder gets exactly one verdict:
 
-- accepted: decoded, oriented, converted and resized; a row of images.npy;
+- accepted: decoded, oriented, converted and resized; a row of the images' shards;
 - quarantined: not a usable image (corrupt, truncated, empty, not an image,
   a decompression bomb, a link out of the raw folder), with a reason;
 - duplicate: the same bytes as an accepted file of the same class;
@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline import files, store
 from pipeline.errors import PipelineError
 from pipeline.ingest import scan as scanning
-from pipeline.ingest.cache import DecodeCache, is_damaged, set_aside, writable
+from pipeline.ingest.cache import DecodeCache, Kept, is_damaged, set_aside, writable
 from pipeline.ingest.decode import Decoded, settings_key
 from pipeline.ingest.verdicts import decide
 from pipeline.ingest.workers import decode_in_workers
@@ -75,11 +75,13 @@ def _write(
             f"expected {raw}/<class>/<image files>, or {raw}/train/<class>/<image files> "
             "beside val/ and test/"
         )
-    store.write_interim(out, interim, images_file=kept)
-    if cache_path is not None and kept is None:  # keep what was written for the next run
+    hashes = [row.sha256 for row in interim.manifest]
+    cut = store.interim_shards(interim.manifest)
+    store.write_interim(out, interim, kept.reusable(cut, hashes) if kept else {})
+    if cache_path is not None:  # keep what was written for the next run: links, not copies
         cache = DecodeCache(cache_path, settings_key(settings))
         try:
-            cache.keep(out / "images.npy", interim.manifest)
+            cache.keep(store.interim_images(out, interim.manifest), interim.manifest)
         finally:
             cache.close()
     return interim
@@ -87,9 +89,9 @@ def _write(
 
 def _verdicts(
     raw: Path, settings: Ingest, workers: int, cache_path: Path | None
-) -> tuple[store.Interim, Path | None]:
-    """Every file's verdict, and the cache's kept images.npy when it holds exactly the
-    accepted images in order (then nothing needs writing), else None."""
+) -> tuple[store.Interim, Kept | None]:
+    """Every file's verdict, and the cache's kept shards, whose files are linked where they
+    hold a shard's images (when nothing changed, every shard: nothing is written)."""
     found = scanning.scan(raw)
     key = settings_key(settings)
     # The cache knows files by absolute path, however the raw folder is reached.
@@ -112,9 +114,7 @@ def _verdicts(
         )
     finally:
         cache.close()
-    interim = decide(found, [results[path] for path in absolute], settings, kept)
-    same = kept is not None and [row.sha256 for row in interim.manifest] == kept.hashes
-    return interim, kept.path if same else None
+    return decide(found, [results[path] for path in absolute], settings, kept), kept
 
 
 def _decode_new(

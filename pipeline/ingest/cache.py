@@ -12,12 +12,12 @@ ever opens, sets aside or replaces a file with that mark: any other file at its
 path is refused, never touched. A marked file that is damaged (torn pages) is
 set aside by ingest, which starts anew.
 
-Beside it, the last images.npy ingest wrote is kept (a hard link, or a copy
-across file systems), with each row's hash and source facts and the file's stat
-signature: a re-run takes known images from it instead of from SQLite, and when
-the accepted images are the same, links it back in place of writing 49 MB
-again. A kept array whose signature changed (edited in place) is ignored, and it
-can be deleted any time.
+Beside it, the shards of images ingest wrote last are kept (hard links, or copies
+across file systems), with each row's hash and source facts and each file's stat
+signature: a re-run takes known images from them instead of from SQLite, and links
+back every shard whose images are the same, in place of writing it again; after 1%
+new images, about 1% is written. Kept shards one of which changed (edited in place)
+are ignored, and they can be deleted any time.
 """
 
 import contextlib
@@ -29,17 +29,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
-from pipeline import files, store
+from pipeline import files, shards, store
 from pipeline.errors import NotOurs
 from pipeline.ingest.decode import Decoded
 
 # `decoded` held the results with pixels before the other columns, `kept` the kept
-# rows' hashes without their facts; caches made then are dropped rather than read.
+# rows' hashes without their facts, `kept_array` one kept images.npy; caches made then
+# are dropped rather than read.
 SCHEMA = """
 DROP TABLE IF EXISTS decoded;
 DROP TABLE IF EXISTS kept;
+DROP TABLE IF EXISTS kept_array;
 CREATE TABLE IF NOT EXISTS results (
     settings TEXT, sha256 TEXT, width INT, height INT, format TEXT, mode TEXT, reason TEXT,
     pixels BLOB, PRIMARY KEY (settings, sha256)
@@ -47,8 +47,8 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS hashes (
     path TEXT PRIMARY KEY, size INT, mtime_ns INT, inode INT, sha256 TEXT
 );
-CREATE TABLE IF NOT EXISTS kept_array (
-    settings TEXT, rows TEXT, size INT, mtime_ns INT, inode INT
+CREATE TABLE IF NOT EXISTS kept_shards (
+    settings TEXT, rows TEXT, shards TEXT
 );
 """
 
@@ -118,15 +118,25 @@ def signature(stat: os.stat_result) -> tuple[int, int, int]:
 
 
 class Kept(NamedTuple):
-    """The last images.npy ingest wrote with these settings, memory-mapped."""
+    """The shards of images ingest wrote last with these settings."""
 
-    path: Path
-    array: np.ndarray
-    results: list[Decoded]  # row i's: its pixels (a view of `array`) and its source facts
+    array: shards.Rows  # their rows, in order
+    results: list[Decoded]  # row i's source facts, its pixels the row number i (in `array`)
 
     @property
     def hashes(self) -> list[str]:
         return [result.sha256 for result in self.results]
+
+    def reusable(self, cut: list[shards.Shard], hashes: list[str]) -> dict[str, Path]:
+        """The kept file of each shard of `cut` (rows of `hashes`) whose images it holds."""
+        kept = {shard.name: shard for shard in self.array.shards}
+        mine = self.hashes
+        return {
+            shard.name: shards.path(self.array.folder, shard.name)
+            for shard in cut
+            if (old := kept.get(shard.name)) is not None
+            and mine[old.start : old.stop] == hashes[shard.start : shard.stop]
+        }
 
 
 class DecodeCache:
@@ -187,49 +197,57 @@ class DecodeCache:
         return found
 
     def kept(self) -> Kept | None:
-        """The kept images.npy for these settings, unless it is missing or was changed."""
+        """The kept shards for these settings, unless one is missing or was changed."""
         if self.connection is None:
             return None
         row = self.connection.execute(
-            "SELECT rows, size, mtime_ns, inode FROM kept_array WHERE settings = ?",
-            (self.settings_key,),
+            "SELECT rows, shards FROM kept_shards WHERE settings = ?", (self.settings_key,)
         ).fetchone()
-        path = self.kept_path
-        try:
-            if row is None or signature(path.stat()) != tuple(row[1:]):
-                return None
-        except FileNotFoundError:
+        if row is None:
             return None
-        # A plain ndarray view of the map: indexing np.memmap rows costs 10x more.
-        array = store.load_array(path).view(np.ndarray)
-        rows = enumerate(json.loads(row[0]))
-        return Kept(
-            path, array, [Decoded(sha256, array[i], *facts) for i, (sha256, *facts) in rows]
-        )
+        rows, kept = json.loads(row[0]), json.loads(row[1])
+        cut, start = [], 0
+        for name, count, *stat in kept:
+            try:
+                if signature(shards.path(self.kept_path, name).stat()) != tuple(stat):
+                    return None
+            except FileNotFoundError:
+                return None
+            cut.append(shards.Shard(name, start, start + count))
+            start += count
+        array = shards.Rows(self.kept_path, cut)
+        return Kept(array, [Decoded(sha256, i, *facts) for i, (sha256, *facts) in enumerate(rows)])
 
-    def keep(self, images: Path, manifest: list[store.ManifestRow]) -> None:
-        """Keep the images.npy just written, whose rows `manifest` describes."""
+    def keep(self, images: shards.Rows, manifest: list[store.ManifestRow]) -> None:
+        """Keep the shards of images just written, whose rows `manifest` describes."""
         if self.connection is None or not self._may_replace_kept():
             return
-        files.link_or_copy(images, self.kept_path)
+        before = self.connection.execute("SELECT shards FROM kept_shards").fetchall()
+        for name, *_ in (entry for (text,) in before for entry in json.loads(text)):
+            shards.path(self.kept_path, name).unlink(missing_ok=True)  # ours: recorded
+        kept = []
+        for shard in images.shards:
+            target = shards.path(self.kept_path, shard.name)
+            files.link_or_copy(shards.path(images.folder, shard.name), target)
+            kept.append([shard.name, shard.stop - shard.start, *signature(target.stat())])
         # The facts travel with the rows: a re-run then reads no row of `results` for them.
         rows = [[r.sha256, r.width, r.height, r.format, r.mode] for r in manifest]
         with self.connection:
-            self.connection.execute("DELETE FROM kept_array")
+            self.connection.execute("DELETE FROM kept_shards")
             self.connection.execute(
-                "INSERT INTO kept_array VALUES (?, ?, ?, ?, ?)",
-                (self.settings_key, json.dumps(rows), *signature(self.kept_path.stat())),
+                "INSERT INTO kept_shards VALUES (?, ?, ?)",
+                (self.settings_key, json.dumps(rows), json.dumps(kept)),
             )
 
     def _may_replace_kept(self) -> bool:
-        """Whether the kept array's path is free, or this cache has kept an array there
-        (which may have been edited since: it is still the cache's own file)."""
-        kept_before = self.connection.execute("SELECT 1 FROM kept_array").fetchone()
+        """Whether the kept shards' folder is free, or this cache has kept shards there
+        (which may have been edited since: they are still the cache's own files)."""
+        kept_before = self.connection.execute("SELECT 1 FROM kept_shards").fetchone()
         return kept_before is not None or not self.kept_path.exists()
 
     @property
     def kept_path(self) -> Path:
-        return self.path.with_suffix(".images.npy")
+        return self.path.with_suffix(".images")
 
     def store(self, results: Iterable[Decoded]) -> None:
         if self.connection is None:

@@ -64,8 +64,9 @@ class Decoded(NamedTuple):
     """What decoding one file gave: pixels and source facts, or the reason it failed."""
 
     sha256: str
-    # (H, W, C) uint8 in C order: bytes, or a row of the kept array; None when rejected
-    pixels: bytes | np.ndarray | None
+    # (H, W, C) uint8 in C order: bytes, or the row number in the kept shards (cache.Kept);
+    # None when rejected
+    pixels: bytes | int | None
     width: int = 0  # as stored in the file, before orientation and resizing
     height: int = 0
     format: str = ""

@@ -18,6 +18,8 @@ from pipeline.ingest.decode import Decoded
 from pipeline.ingest.scan import Candidate, Scan, split_named
 from pipeline.params import CHANNELS, Ingest
 
+KEPT_BLOCK = 4096  # kept rows read per gather
+
 VERDICTS = ("accepted", "quarantined", "duplicate", "conflict", "ignored")
 
 
@@ -107,15 +109,23 @@ def _warnings(found: Scan, leaks: list[tuple[str, str]]) -> list[str]:
     return warnings
 
 
-def stack_pixels(results: list[Decoded], settings: Ingest, kept: Kept | None = None) -> np.ndarray:
-    """The (N, H, W, C) uint8 array of accepted results' pixels, in order."""
+def stack_pixels(results: list[Decoded], settings: Ingest, kept: Kept | None = None):
+    """The (N, H, W, C) uint8 array of accepted results' pixels, in order; the kept shards'
+    rows themselves when they are exactly these images."""
     if kept is not None and [result.sha256 for result in results] == kept.hashes:
         return kept.array  # the same images in the same order: nothing to copy
     height, width = settings.image_size
     # Row by row into one array: b"".join of the rows took twice as long.
     images = np.empty((len(results), height * width * CHANNELS[settings.color_mode]), np.uint8)
-    for row, result in zip(images, results, strict=True):
-        row[:] = np.frombuffer(result.pixels, np.uint8)  # bytes, or a row of the kept array
+    from_kept = []
+    for at, (row, result) in enumerate(zip(images, results, strict=True)):
+        if isinstance(result.pixels, int):  # a row number of the kept shards
+            from_kept.append((at, result.pixels))
+        else:
+            row[:] = np.frombuffer(result.pixels, np.uint8)
+    for block in range(0, len(from_kept), KEPT_BLOCK):  # read in blocks: few reads, little memory
+        at, rows = np.array(from_kept[block : block + KEPT_BLOCK]).T
+        images[at] = kept.array[rows].reshape(len(rows), -1)
     return images.reshape(-1, height, width, CHANNELS[settings.color_mode])
 
 

@@ -1,0 +1,88 @@
+"""The sharded layout: a grown data set rewrites only the shards its new images land in,
+and the bytes are the same however they were built."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import ingest, prepare, store
+from pipeline.params import Ingest, Prepare
+from tests.conftest import CLASS_LEVELS, default_params, image_bytes, make_dataset, snapshot
+
+INGEST = Ingest.model_validate(default_params()["ingest"] | {"image_size": [32, 32]})
+PREPARE = Prepare.model_validate(
+    default_params()["prepare"]
+    | {
+        "views": [
+            {"image_size": [32, 32], "color_mode": "grayscale"},  # the ingested image: linked
+            {"image_size": [16, 16], "color_mode": "rgb"},  # derived
+        ]
+    }
+)
+SHARDED = ("interim/images", "interim/manifest", *(f"processed/{name}" for name in
+           ("splits", "labels", "view0", "view1")))  # fmt: skip
+
+
+def build(raw: Path, root: Path, cache: Path | None = None) -> dict[str, bytes]:
+    """Ingest and prepare `raw` under `root`; every file written, by path under it."""
+    ingest.run(raw, root / "interim", INGEST, cache_path=cache)
+    prepare.run(root / "interim", root / "processed", root / "report", PREPARE)
+    return snapshot(root)
+
+
+def changed(before: dict[str, bytes], after: dict[str, bytes]) -> set[str]:
+    """Files of the shard folders that are new or whose bytes changed."""
+    return {
+        path
+        for path, data in after.items()
+        if path.startswith(SHARDED) and before.get(path) != data
+    }
+
+
+def landed_in(root: Path, new: set[str]) -> set[str]:
+    """Every shard file (in every shard folder) of the shards holding a path in `new`."""
+    manifest = store.read_interim(root / "interim").manifest
+    names = {
+        shard.name
+        for shard in store.interim_shards(manifest)
+        if any(row.path in new for row in manifest[shard.start : shard.stop])
+    }
+    suffix = {"manifest": "csv", "splits": "csv"}
+    return {
+        f"{folder}/{name}.{suffix.get(folder.split('/')[1], 'npy')}"
+        for folder in SHARDED
+        for name in names
+    }
+
+
+@pytest.mark.parametrize("where", ["after each class's last image", "in a new sub-folder"])
+def test_new_images_rewrite_only_the_shards_they_land_in(tmp_path, where):
+    raw = make_dataset(tmp_path / "raw", per_class=100)
+    before = build(raw, tmp_path / "before")
+    new = set()
+    for name, level in CLASS_LEVELS.items():
+        for index in range(3):
+            path = (
+                f"{name}/zzz{index}.png" if where.startswith("after") else f"{name}/b/{index}.png"
+            )
+            (raw / path).parent.mkdir(exist_ok=True)
+            (raw / path).write_bytes(image_bytes(level, f"new {path}"))
+            new.add(path)
+    after = build(raw, tmp_path / "after")
+    expected = landed_in(tmp_path / "after", new)
+    assert changed(before, after) == expected
+    # A shard a class's new images land in, or a new one: a few of the 300 images' files.
+    shards_written = len(expected) // len(SHARDED)
+    assert 0 < shards_written <= 2 * len(CLASS_LEVELS)
+    cut = store.interim_shards(store.read_interim(tmp_path / "after" / "interim").manifest)
+    assert len(cut) > len(CLASS_LEVELS)  # classes of several shards, most unchanged
+
+
+def test_a_grown_set_built_with_the_cache_is_the_bytes_of_one_built_cold(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=60)
+    cache = tmp_path / "cache.sqlite"
+    build(raw, tmp_path / "first", cache)
+    (raw / "mid" / "010.png").unlink()
+    for index in range(5):
+        (raw / "dark" / f"new{index}.png").write_bytes(image_bytes(30, f"new {index}"))
+    assert build(raw, tmp_path / "incremental", cache) == build(raw, tmp_path / "cold")
