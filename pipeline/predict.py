@@ -4,8 +4,12 @@ Each file goes through exactly the code that made the training data (ingest's
 decode_image, prepare's derive_view) with the settings the model was trained
 with: ingest's from the record train wrote beside the model (store.ModelRecord),
 the views from the model's own input shapes. No params.yaml, no prepared data.
+Files go through in batches, so that memory holds one batch's pixels however many
+files there are.
 """
 
+import math
+from itertools import islice
 from pathlib import Path
 
 from pipeline.evaluate import class_indices_of, confidence_of, input_shapes, load_trained
@@ -14,8 +18,8 @@ from pipeline.ingest.decode import settings_key
 from pipeline.ingest.scan import hidden, known_not_image
 from pipeline.ingest.verdicts import stack_pixels
 from pipeline.ingest.workers import decode_in_workers
-from pipeline.params import CHANNELS, View
-from pipeline.prepare import derive_view
+from pipeline.params import CHANNELS, Ingest, View
+from pipeline.prepare import CHUNK_BYTES, derive_view
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -35,22 +39,49 @@ def image_files(paths: list[Path]) -> list[Path]:
 COLOR_MODES = {channels: mode for mode, channels in CHANNELS.items()}
 
 
-def predict(model_path: Path, paths: list[Path], workers: int = 1) -> list[dict]:
-    """One row per file: its label and probability, or why it could not be read as an image."""
+def batch_images(shapes: list[tuple[int, int, int]], chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Images per batch: as many as keep each of a batch's uint8 arrays, of (H, W, C)
+    `shapes` (its decoded pixels, each view), within `chunk_bytes`, as prepare's blocks
+    are; at least one."""
+    return max(1, chunk_bytes // max(map(math.prod, shapes)))
+
+
+def predict(
+    model_path: Path, paths: list[Path], workers: int = 1, chunk_bytes: int = CHUNK_BYTES
+) -> list[dict]:
+    """One row per file, in order: its label and probability, or why it could not be read
+    as an image. The files are decoded and predicted a batch (batch_images) at a time."""
     from tqdm import tqdm
 
     model, trained_with = load_trained(model_path)  # refused before any decoding
     settings = trained_with.ingest
+    shapes = input_shapes(model)
     views = [View(image_size=(height, width), color_mode=COLOR_MODES[channels])
-             for height, width, channels in input_shapes(model)]  # fmt: skip
+             for height, width, channels in shapes]  # fmt: skip
     names = list(trained_with.classes)
     files = image_files(paths)
+    decoded = (*settings.image_size, CHANNELS[settings.color_mode])
+    size = batch_images([decoded, *shapes], chunk_bytes)
     nothing_kept = DecodeCache(None, settings_key(settings))
     # Spawned, not forked: this process runs TensorFlow's threads, and a forked child
     # inherits any lock one of them holds, held for ever.
     decoding = decode_in_workers(files, settings, nothing_kept, workers, "spawn")
-    progress = tqdm(decoding, total=len(files), desc="predict", unit="img", disable=None)
-    results = list(progress)
+    # One iterator for all batches: an islice of the bar itself starts a new pass over
+    # it, which closes the bar when the batch drops it.
+    progress = iter(tqdm(decoding, total=len(files), desc="predict", unit="img", disable=None))
+    rows = []
+    for start in range(0, len(files), size):
+        batch = files[start : start + size]
+        # Its results are an argument, never a name here, which would keep them while the
+        # next batch is decoded.
+        rows += _classify(model, views, names, settings, batch, list(islice(progress, len(batch))))
+    return rows
+
+
+def _classify(
+    model, views: list[View], names: list[str], settings: Ingest, files: list[Path], results
+) -> list[dict]:
+    """The rows of one batch of files, its usable images predicted in one model call."""
     usable = [result for result in results if result.reason is None]
     predictions = iter([])
     if usable:

@@ -21,11 +21,13 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from PIL import Image
 
-from pipeline import files, store
+from pipeline import files, prepare, store
 from pipeline.cli import cli
 from pipeline.ingest import cache as cache_module
 from pipeline.ingest import decode as decoding
+from pipeline.predict import predict as classify
 from pipeline.train import device_kind
 from tests.conftest import (
     BIN,
@@ -33,8 +35,10 @@ from tests.conftest import (
     FAST,
     REPO,
     deadline,
+    encode,
     ingest_and_prepare,
     make_dataset,
+    peak_rss,
     tmpfs,
     write_params,
 )
@@ -442,6 +446,59 @@ def test_predict_gives_the_same_rows_on_one_worker_and_several(project):
         for workers in (1, 3)
     ]  # fmt: skip
     assert len(rows[0]) == 48 and rows[0] == rows[1]
+
+
+def test_predict_gives_the_same_rows_in_batches_of_any_size(project, tmp_path):
+    paths, _, _ = project
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for name in CLASS_LEVELS:
+        for index in range(3):
+            shutil.copy(paths["raw"] / name / f"{index:03d}.png", folder / f"{name}{index}.png")
+    (folder / "c-broken.png").write_bytes(b"not a picture")  # between bright and dark
+    # FAST's images and view are 32x32 grayscale, 1024 bytes: batches of 1, 3 and all 10.
+    rows = [classify(paths["model"], [folder], chunk_bytes=chunk_bytes)
+            for chunk_bytes in (1, 3 * 1024, prepare.CHUNK_BYTES)]  # fmt: skip
+    assert [row["file"] for row in rows[0]] == [str(path) for path in sorted(folder.iterdir())]
+    assert rows[0][3]["quarantined"].startswith("UnidentifiedImageError")
+    # Probabilities to float32 rounding: the kernels may sum in another order by batch size.
+    for batched in rows[:2]:
+        for row, whole in zip(batched, rows[2], strict=True):
+            assert row == {**whole, "probability": pytest.approx(whole["probability"], abs=1e-6)}
+
+
+def peak_rss_of_predict(model: Path, folder: Path, count: int) -> int:
+    """Bytes: the peak RSS of an `imgpipe predict` process of `count` copies of a flat
+    1024x1024 PNG. Decoding it takes longer than predicting it, so few decoded results
+    wait for predict: decode_in_workers queues every file, and does not bound them."""
+    folder.mkdir()
+    image = encode(Image.new("L", (1024, 1024), 30))
+    for index in range(count):
+        (folder / f"{index:05d}.png").write_bytes(image)
+    return peak_rss([BIN / "imgpipe", "predict", model, folder, "--workers", 1])
+
+
+@pytest.mark.slow
+def test_predicts_peak_memory_grows_with_its_batch_size_not_with_the_files(tmp_path):
+    # Decoded at 256x256 grayscale, 6000 files are 375 MiB of pixels, more than the 256 MiB
+    # allowed beyond the run on 60 files. predict before batches held them twice, the
+    # decoded bytes and their stack: 771 MiB more. In batches it holds one batch twice and
+    # what is on its way from the worker: 156 to 174 MiB more.
+    view = {"image_size": [16, 16], "color_mode": "grayscale"}  # small: a fast model
+    params = write_params(
+        tmp_path / "params.yaml",
+        ingest={"image_size": [256, 256]},
+        prepare={**FAST["prepare"], "views": [view]},
+        train=FAST["train"],
+    )
+    processed = ingest_and_prepare(tmp_path, params, make_dataset(tmp_path / "raw", per_class=8))
+    model = tmp_path / "model.keras"
+    result = invoke("--params", params, "train", "--processed", processed, "--model-out", model,
+                    "--live-dir", tmp_path / "live")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    few = peak_rss_of_predict(model, tmp_path / "few", 60)
+    many = peak_rss_of_predict(model, tmp_path / "many", 6000)
+    assert many < few + 4 * prepare.CHUNK_BYTES, (few, many)
 
 
 def test_predict_needs_only_the_model_folder(project, tmp_path):
