@@ -22,9 +22,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline import files, store
+from pipeline import caches, files, store
 from pipeline.cli import cli
-from pipeline.ingest import cache as cache_module
 from pipeline.ingest import decode as decoding
 from pipeline.train import device_kind
 from tests.conftest import (
@@ -639,7 +638,7 @@ def test_a_cache_made_before_caches_were_marked_is_still_used(tmp_path):
     assert result.exit_code == 0, result.output
     with contextlib.closing(sqlite3.connect(cache)) as database:
         (mark,) = database.execute("PRAGMA application_id").fetchone()
-    assert mark == cache_module.APPLICATION_ID
+    assert mark == caches.APPLICATION_ID
 
 
 def copy_beside_files(model: Path, target: Path) -> None:
