@@ -149,6 +149,15 @@ def read_blocks(array: np.ndarray, rows: int) -> Iterator[np.ndarray]:
         yield read_rows(array, start, start + rows)
 
 
+def read_blocks_at(array: np.ndarray, indices: np.ndarray, rows: int) -> Iterator[np.ndarray]:
+    """Rows `indices` (sorted) of `array` in blocks of `rows` rows, each read into memory on
+    its own, a run of consecutive rows at a time (read_rows: not through a map)."""
+    for start in range(0, len(indices), rows):
+        block = indices[start : start + rows]
+        runs = np.split(block, np.flatnonzero(np.diff(block) != 1) + 1)
+        yield np.concatenate([read_rows(array, run[0], run[-1] + 1) for run in runs])
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
