@@ -1,6 +1,7 @@
 """Prepare's near-duplicate search against the all-pairs search it replaced, in-process.
 
     python -m bench.near_duplicates --sizes 20000 50000 200000 1000000 --today-up-to 200000
+    python -m bench.near_duplicates --incremental --sizes 200000
 
 For each size N: N random 256-bit hashes, 1% of them replaced by near-copies of
 others (each bit flipped with probability 0.05, so about 13 bits from their
@@ -11,10 +12,18 @@ before it (one core, copied below as the reference, not product code), checks
 that both give the same pairs in the same order, and prints a table of seconds
 and today ÷ new. Above --today-up-to, today's time is extrapolated from the
 largest size measured as N²: both searches compare every pair.
+
+With --incremental, for each size N the hashes are given to prepare's cache (in a
+temporary folder) without a random 1% of them; then the full search of all N is
+timed against prepare_cache.pairs_of with that cache (the kept pairs mapped to
+today's rows, the 1% searched against all, the pairs kept again), and the two are
+checked to be the same pairs in the same order.
 """
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -22,6 +31,7 @@ from tqdm import tqdm
 
 from pipeline.cores import usable_cores
 from pipeline.near_duplicates import near_duplicate_pairs
+from pipeline.prepare_cache import PrepareCache, pairs_of
 
 DISTANCE = 24  # prepare.near_duplicate_distance's default
 
@@ -58,13 +68,39 @@ def timed(search, *args) -> tuple[np.ndarray, float]:
     return pairs, time.perf_counter() - start
 
 
+def incremental(sizes: list[int], block: int) -> None:
+    """The full search against the cache's after adding 1%, at each size."""
+    print("| hashes | new | pairs | full/s | incremental/s | incremental ÷ full |")
+    print("|---|---|---|---|---|---|")
+    for count in sorted(sizes):
+        hashes = hashes_with_copies(count)
+        shas = [f"{i:064x}" for i in range(count)]  # stand-ins for the files' sha256
+        old = np.sort(np.random.default_rng(1).permutation(count)[count // 100 :])
+        with tempfile.TemporaryDirectory() as folder:
+            cache = PrepareCache(Path(folder) / "prepared.sqlite", "bench")
+            pairs_of(hashes[old], [shas[i] for i in old], DISTANCE, cache)
+            expected, full = timed(near_duplicate_pairs, hashes, DISTANCE, block)
+            pairs, since = timed(pairs_of, hashes, shas, DISTANCE, cache)
+            cache.close()
+        if not np.array_equal(pairs, expected):
+            raise SystemExit(f"at {count} hashes the searches differ")
+        row = [f"{count:,}", f"{count - len(old):,}", f"{len(pairs):,}", f"{full:.2f}"]
+        print(f"| {' | '.join(row)} | {since:.3f} | {since / full:.1%} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 50_000, 200_000])
     parser.add_argument("--today-up-to", type=int, default=200_000)
     parser.add_argument("--block", type=int, default=16384, help="near_duplicate_pairs' tiles")
+    parser.add_argument(
+        "--incremental", action="store_true", help="full search against the cache's after +1%%"
+    )
     args = parser.parse_args()
     print(f"faiss {faiss.__version__} on {usable_cores()} cores, max_distance {DISTANCE}\n")
+    if args.incremental:
+        incremental(args.sizes, args.block)
+        return
     print("| hashes | pairs | today/s | new/s | today ÷ new |")
     print("|---|---|---|---|---|")
     measured = None  # (N, seconds) of today's largest run

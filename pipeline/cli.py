@@ -23,6 +23,7 @@ LIVE = Path("results/train")
 PREPARE_REPORT = Path("results/prepare")
 EVALUATION = Path("results/evaluate")
 DECODE_CACHE = Path(".cache/imgpipe/decoded.sqlite")
+PREPARE_CACHE = DECODE_CACHE.with_name("prepared.sqlite")  # its own: deleting one keeps the other
 
 
 def _folder(exists: bool = True) -> click.Path:
@@ -158,8 +159,25 @@ def ingest(
     show_default=True,
     help="Where to write report.json (split counts, near-duplicates) and the plots.",
 )
+@click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=PREPARE_CACHE,
+    show_default=True,
+    envvar="IMGPIPE_PREPARE_CACHE",
+    help="Prepare cache (SQLite) of perceptual hashes and near-duplicate pairs, so re-runs "
+    "hash and search only new images; safe to delete. Env: IMGPIPE_PREPARE_CACHE.",
+)
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Hash and search every image; neither read nor write the cache.",
+)
 @click.pass_context
-def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> None:
+def prepare(
+    ctx: click.Context, interim: Path, out: Path, report_dir: Path, cache_path: Path, no_cache: bool
+) -> None:
     """Split without leaks, encode labels, derive the model's views (params: prepare).
 
     An image's split depends only on its bytes and prepare.split_salt, so adding
@@ -167,12 +185,16 @@ def prepare(ctx: click.Context, interim: Path, out: Path, report_dir: Path) -> N
     hashes within prepare.near_duplicate_distance bits) always share a split:
     the most test-ward of their own, so a group only ever moves toward test.
     With split folders (raw/train/, val/, test/) each image keeps its folder's
-    split (prepare.split); a missing one is drawn from train/.
+    split (prepare.split); a missing one is drawn from train/. The output does
+    not depend on the cache, which is keyed by the images' bytes and the ingest
+    settings (params: ingest).
     """
-    settings = params_of(ctx).prepare
+    params = params_of(ctx)
     from pipeline import prepare as stage
+    from pipeline.prepare_cache import CacheFile
 
-    processed = stage.run(interim, out, report_dir, settings)
+    cache = None if no_cache else CacheFile(cache_path, params.ingest)
+    processed = stage.run(interim, out, report_dir, params.prepare, cache=cache)
     click.echo(stage.summary(processed.report, len(processed.class_indices), out))
 
 

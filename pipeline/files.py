@@ -129,11 +129,16 @@ def array_writer(path: Path, shape: tuple[int, ...], dtype) -> Iterator[Callable
             raise ValueError(f"{path}: {file.tell() - start} bytes written, not {size}")
 
 
-def read_blocks(array, rows: int) -> Iterator[np.ndarray]:
-    """`array` (an ndarray, or rows of shard files: shards.Rows) in consecutive blocks of
-    `rows` rows, each read into memory on its own."""
-    for start in range(0, len(array), rows):
-        yield np.asarray(array[start : start + rows])
+def read_blocks(array, rows: int, indices: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Rows of `array` (an ndarray, or rows of shard files: shards.Rows), all of them or
+    those at the sorted `indices`, in blocks of `rows` rows, each read into memory on its
+    own."""
+    if indices is None:
+        for start in range(0, len(array), rows):
+            yield np.asarray(array[start : start + rows])
+    else:
+        for start in range(0, len(indices), rows):
+            yield np.asarray(array[indices[start : start + rows]])
 
 
 def write_bytes(path: Path, data: bytes) -> None:

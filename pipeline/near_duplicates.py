@@ -3,8 +3,9 @@ distance, found exactly.
 
 The hashes are made a block of images at a time, so memory stays that of a block;
 the pairs are found by comparing every pair on all cores (faiss's binary flat
-index), so time grows as N^2 / 2 and memory as N. Prepare keeps each group of
-near-duplicates in one split.
+index), so time grows as N^2 / 2 and memory as N; or, given the pairs among the
+images but a few new ones, only the new ones are searched, against all (time
+new x N). Prepare keeps each group of near-duplicates in one split.
 """
 
 import faiss
@@ -24,9 +25,16 @@ def _dct_matrix(size: int) -> np.ndarray:
 DCT_32 = _dct_matrix(32)
 THUMBNAIL_BYTES = DCT_32.nbytes  # an image's 32x32 float64 thumbnail for its hash
 
+# Bumped whenever perceptual_hashes would give other hashes for the same pixels: prepare's
+# cache keeps them.
+PHASH_VERSION = 1
 
-def perceptual_hashes(images: np.ndarray, rows: int) -> np.ndarray:
-    """(N, 4) uint64: a 256-bit perceptual hash (pHash) of each (H, W, C) uint8 image.
+
+def perceptual_hashes(
+    images: np.ndarray, rows: int, indices: np.ndarray | None = None
+) -> np.ndarray:
+    """(N, 4) uint64: a 256-bit perceptual hash (pHash) of each (H, W, C) uint8 image, or
+    of the images at `indices` (sorted) only, reading no other.
 
     A pHash as imagehash computes one, vectorised over a block of `rows` images at a
     time: a 32x32 grayscale thumbnail, its 2-D DCT, and one bit per frequency of the
@@ -34,10 +42,11 @@ def perceptual_hashes(images: np.ndarray, rows: int) -> np.ndarray:
     64: on the MNIST demo the 64-bit hash gives different digits identical hashes.
     """
     hashes = [np.empty((0, 4), np.uint64)]
+    total = len(images) if indices is None else len(indices)
     with tqdm(
-        total=len(images), desc="perceptual hashes", unit="img", disable=None, leave=False
+        total=total, desc="perceptual hashes", unit="img", disable=None, leave=False
     ) as progress:
-        for block in files.read_blocks(images, rows):
+        for block in files.read_blocks(images, rows, indices):
             hashes.append(_block_hashes(block))
             progress.update(len(block))
             del block  # now, not once the next block is read
@@ -71,8 +80,7 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int, block: int = 163
     """
     if max_distance < 0:
         return np.empty((0, 2), np.int64)
-    # Hamming distance is the same whatever the bytes' order, as long as both sides share it.
-    codes = np.ascontiguousarray(hashes, np.uint64).view(np.uint8)  # (N, 32)
+    codes = _codes(hashes)
     starts = range(0, len(codes), block)
     indexes = [_binary_index(codes[start : start + block]) for start in starts]
     faiss.omp_set_num_threads(usable_cores())
@@ -86,6 +94,46 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int, block: int = 163
     pairs = np.concatenate(pairs)
     # Each tile's pairs come by i then j, and a row's tiles by j: a stable sort by i is enough.
     return pairs[np.argsort(pairs[:, 0], kind="stable")]
+
+
+def near_duplicate_pairs_given(
+    hashes: np.ndarray, known: np.ndarray, new: np.ndarray, max_distance: int, block: int = 16384
+) -> np.ndarray:
+    """near_duplicate_pairs(hashes, max_distance), given `known`: every such pair i < j of
+    two rows not in `new` (sorted row indices). Only the new rows are searched, against
+    all, so time grows as len(new) x N distances: less than a full search's N^2 / 2 while
+    under half the rows are new, and a full search is made otherwise."""
+    if max_distance < 0:
+        return np.empty((0, 2), np.int64)
+    if 2 * len(new) >= len(hashes):
+        return near_duplicate_pairs(hashes, max_distance, block)
+    pairs = np.concatenate([known, _pairs_with(hashes, new, max_distance, block)])
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def _pairs_with(hashes: np.ndarray, new: np.ndarray, max_distance: int, block: int):
+    """(P, 2) pairs i < j within `max_distance` bits of which at least one is in `new`."""
+    codes = _codes(hashes)
+    queries = codes[new]
+    faiss.omp_set_num_threads(usable_cores())
+    found = [np.empty((0, 2), np.int64)]
+    starts = range(0, len(codes), block)  # tiles of the index, as near_duplicate_pairs'
+    for start in tqdm(starts, desc="near-duplicates", unit="tile", disable=None, leave=False):
+        tile = _close_pairs(_binary_index(codes[start : start + block]), queries, max_distance)
+        found.append(np.stack([new[tile[:, 0]], tile[:, 1] + start], axis=1))
+    found = np.concatenate(found)
+    is_new = np.zeros(len(codes), bool)
+    is_new[new] = True
+    # Two new rows find each other: the pair is kept once, as the first found it; and no
+    # row is paired with itself.
+    once = ~is_new[found[:, 1]] | (found[:, 0] < found[:, 1])
+    return np.sort(found[once], axis=1)
+
+
+def _codes(hashes: np.ndarray) -> np.ndarray:
+    """(N, 32) uint8: the hashes' bytes, as faiss's binary indexes take them."""
+    # Hamming distance is the same whatever the bytes' order, as long as both sides share it.
+    return np.ascontiguousarray(hashes, np.uint64).view(np.uint8)
 
 
 def _binary_index(codes: np.ndarray) -> faiss.IndexBinaryFlat:

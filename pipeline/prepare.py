@@ -24,14 +24,9 @@ from PIL import Image
 
 from pipeline import figures, files, store
 from pipeline.errors import PipelineError
-from pipeline.near_duplicates import (
-    THUMBNAIL_BYTES,
-    group_of,
-    near_duplicate_pairs,
-    perceptual_hashes,
-    pil_image,
-)
+from pipeline.near_duplicates import THUMBNAIL_BYTES, group_of, pil_image
 from pipeline.params import CHANNELS, PIL_MODES, Prepare, View
+from pipeline.prepare_cache import CacheFile, near_duplicates_of
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # a group goes to its members' highest
 
@@ -162,7 +157,10 @@ def derive_view(images: np.ndarray, view: View) -> np.ndarray:
 
 
 def prepare(
-    interim: store.Interim, settings: Prepare, chunk_bytes: int = CHUNK_BYTES
+    interim: store.Interim,
+    settings: Prepare,
+    chunk_bytes: int = CHUNK_BYTES,
+    cache: CacheFile | None = None,
 ) -> store.Processed:
     """Each image's split and labels, the label map and the report: all but the views,
     which `run` writes."""
@@ -176,8 +174,8 @@ def prepare(
     class_indices = {name: index for index, name in enumerate(classes)}
     mode = split_mode(manifest, settings)
     given = [row.given_split for row in manifest] if mode == "folders" else None
-    hashes = perceptual_hashes(interim.images, block_rows(interim.images, settings, chunk_bytes))
-    pairs = near_duplicate_pairs(hashes, settings.near_duplicate_distance)
+    rows = block_rows(interim.images, settings, chunk_bytes)
+    pairs = near_duplicates_of(interim, rows, settings.near_duplicate_distance, cache)
     groups = group_of(len(manifest), pairs)
     splits, natural = assign_splits([row.sha256 for row in manifest], groups, settings, given)
     labels = encode_labels(
@@ -377,11 +375,12 @@ def run(
     report_dir: Path,
     settings: Prepare,
     chunk_bytes: int = CHUNK_BYTES,
+    cache: CacheFile | None = None,
 ) -> store.Processed:
     """Prepare's outputs; the ingested images pass through memory a block at a time for
     their hashes, then a shard at a time for each view that is not the ingested image."""
     interim = store.read_interim(interim_dir)
-    processed = prepare(interim, settings, chunk_bytes)
+    processed = prepare(interim, settings, chunk_bytes, cache)
     # All but the views is made before the first output is cleared: a run that fails or is
     # killed in that long part leaves the last run's outputs as they were.
     plots = {

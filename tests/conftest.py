@@ -29,8 +29,10 @@ def _environment(tmp_path_factory):
     # dvc runs each stage's `imgpipe` through the shell; it must find this venv's copy.
     os.environ["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Never write ingest's decode cache into the working copy.
-    os.environ["IMGPIPE_DECODE_CACHE"] = str(tmp_path_factory.mktemp("cache") / "decoded.sqlite")
+    # Never write ingest's or prepare's cache into the working copy.
+    caches = tmp_path_factory.mktemp("cache")
+    os.environ["IMGPIPE_DECODE_CACHE"] = str(caches / "decoded.sqlite")
+    os.environ["IMGPIPE_PREPARE_CACHE"] = str(caches / "prepared.sqlite")
 
 
 def image_bytes(level: int, seed: str, size=(40, 30), fmt="PNG", mode="RGB") -> bytes:

@@ -23,9 +23,8 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline import files, prepare, store
+from pipeline import caches, files, prepare, store
 from pipeline.cli import cli
-from pipeline.ingest import cache as cache_module
 from pipeline.ingest import decode as decoding
 from pipeline.predict import predict as classify
 from pipeline.train import device_kind
@@ -696,7 +695,7 @@ def test_a_cache_made_before_caches_were_marked_is_still_used(tmp_path):
     assert result.exit_code == 0, result.output
     with contextlib.closing(sqlite3.connect(cache)) as database:
         (mark,) = database.execute("PRAGMA application_id").fetchone()
-    assert mark == cache_module.APPLICATION_ID
+    assert mark == caches.APPLICATION_ID
 
 
 def copy_beside_files(model: Path, target: Path) -> None:

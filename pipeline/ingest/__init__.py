@@ -15,15 +15,13 @@ decode (one file's bytes -> pixels), workers (decoding on worker processes),
 cache (the decode cache), verdicts and summary.
 """
 
-import sqlite3
-import sys
 import time
 from pathlib import Path
 
-from pipeline import files, store
+from pipeline import caches, files, store
 from pipeline.errors import PipelineError
 from pipeline.ingest import scan as scanning
-from pipeline.ingest.cache import DecodeCache, Kept, is_damaged, set_aside, writable
+from pipeline.ingest.cache import DECODE, DecodeCache, Kept
 from pipeline.ingest.decode import Decoded, settings_key
 from pipeline.ingest.verdicts import decide
 from pipeline.ingest.workers import decode_in_workers
@@ -38,30 +36,9 @@ def run(
     """Give every file under `raw` its verdict and write the outputs to `out`; they do not
     depend on `workers` or the cache. A second ingest into the same `out` waits."""
     with files.exclusive(out, "ingest"):
-        if cache_path is not None and not writable(cache_path):
-            print(
-                f"ingest: warning: the decode cache's folder {cache_path.parent} is not writable; "
-                "decoding every file without it (pass --no-cache, or point --cache or "
-                "IMGPIPE_DECODE_CACHE at a writable path)",
-                file=sys.stderr,
-            )
-            cache_path = None
-        try:
-            return _write(raw, out, settings, workers, cache_path)
-        except sqlite3.DatabaseError as error:
-            if not is_damaged(error):  # busy past the timeout, read-only, full: not ours to fix
-                raise PipelineError(
-                    f"the decode cache {cache_path} cannot be used ({error}); run again with "
-                    "--no-cache or another --cache path, or after the ingest that holds it ends"
-                ) from None
-            # Only a cache: set it aside and do the work again with a new one.
-            aside = set_aside(cache_path)
-            print(
-                f"ingest: warning: the decode cache {cache_path} is damaged ({error}); "
-                f"moved it to {aside} and decoding every file again",
-                file=sys.stderr,
-            )
-            return _write(raw, out, settings, workers, cache_path)
+        return caches.use(
+            cache_path, DECODE, lambda path: _write(raw, out, settings, workers, path)
+        )
 
 
 def _write(

@@ -1,16 +1,10 @@
 """Ingest's decode cache: lets a re-run skip every file it has already decoded.
 
-DVC deletes a stage's outputs before running it again, so the cache lives
-outside them, in one SQLite file. Entries are keyed by the file's content
-hash and the ingest settings, so a hit is exactly what decoding would give.
-A second table maps a file's stat signature (size, mtime, inode) to its hash,
-like git's index, so unchanged files are not even read. SQLite commits whole
-transactions, so a killed run never leaves a half-written entry, and the file
-can be deleted at any time: the next run decodes everything again. The file
-carries a mark in SQLite's header (PRAGMA application_id), and the cache only
-ever opens, sets aside or replaces a file with that mark: any other file at its
-path is refused, never touched. A marked file that is damaged (torn pages) is
-set aside by ingest, which starts anew.
+One SQLite file, made and guarded as pipeline/caches.py says. Entries are keyed
+by the file's content hash and the ingest settings, so a hit is exactly what
+decoding would give. A second table maps a file's stat signature (size, mtime,
+inode) to its hash, like git's index, so unchanged files are not even read.
+Deleted, the next run decodes everything again.
 
 Beside it, the shards of images ingest wrote last are kept (hard links, or copies
 across file systems), with each row's hash and source facts and each file's stat
@@ -20,8 +14,6 @@ new images, about 1% is written. Kept shards one of which changed (edited in pla
 are ignored, and they can be deleted any time.
 """
 
-import contextlib
-import itertools
 import json
 import os
 import sqlite3
@@ -29,8 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from pipeline import files, shards, store
-from pipeline.errors import NotOurs
+from pipeline import caches, files, shards, store
 from pipeline.ingest.decode import Decoded
 
 # `decoded` held the results with pixels before the other columns, `kept` the kept
@@ -53,64 +44,7 @@ CREATE TABLE IF NOT EXISTS kept_shards (
 """
 
 
-# "imgp" in SQLite's header: the mark of this cache's files.
-APPLICATION_ID = 0x696D6770
-SQLITE_HEADER = b"SQLite format 3\x00"
-# The tables of caches made before the mark, which are taken as marked.
-UNMARKED_TABLES = {"results", "hashes", "kept_array"}
-
-
-def claim(path: Path) -> None:
-    """Refuse a path that holds anything but one of this cache's files (NotOurs)."""
-    try:
-        with path.open("rb") as file:
-            header = file.read(100)
-    except (FileNotFoundError, IsADirectoryError):  # nothing to touch; SQLite says why not
-        return
-    if header.startswith(SQLITE_HEADER):
-        mark = int.from_bytes(header[68:72], "big")
-        if mark == APPLICATION_ID or (mark == 0 and _tables(path) == UNMARKED_TABLES):
-            return
-    raise NotOurs(
-        f"--cache {path} is not an imgpipe decode cache, and ingest never moves or overwrites "
-        "a file it did not create: name a new file (or --no-cache)"
-    )
-
-
-def _tables(path: Path) -> set[str]:
-    try:
-        uri = path.resolve().as_uri() + "?mode=ro"
-        query = "SELECT name FROM sqlite_master WHERE type = 'table'"
-        with contextlib.closing(sqlite3.connect(uri, uri=True)) as database:
-            return {name for (name,) in database.execute(query)}
-    except sqlite3.DatabaseError:
-        return set()
-
-
-def is_damaged(error: sqlite3.DatabaseError) -> bool:
-    """SQLite's "file is not a database" and "database disk image is malformed" are plain
-    DatabaseErrors; busy, locked, full or read-only files are OperationalErrors."""
-    return type(error) is sqlite3.DatabaseError
-
-
-def writable(path: Path) -> bool:
-    """Whether the cache at `path` can be created or written (not a read-only file system,
-    nor a folder without write permission)."""
-    folder = path.parent
-    while not folder.exists():  # the cache makes the folders it needs
-        folder = folder.parent
-    return os.access(folder, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
-
-
-def set_aside(path: Path) -> Path:
-    """Move a damaged cache out of the way (kept, not deleted) to a name not yet taken;
-    returns its new path."""
-    for number in itertools.count():
-        aside = path.with_name(path.name + ".damaged" + (f".{number}" if number else ""))
-        with contextlib.suppress(FileExistsError):
-            os.link(path, aside)  # unlike a rename, never replaces a file already there
-            path.unlink()
-            return aside
+DECODE = caches.Kind("ingest", "decode cache", "IMGPIPE_DECODE_CACHE", "decoding every file")
 
 
 def signature(stat: os.stat_result) -> tuple[int, int, int]:
@@ -152,12 +86,7 @@ class DecodeCache:
             uri = path.resolve().as_uri() + "?mode=ro"
             self.connection = sqlite3.connect(uri, uri=True, timeout=60)
         else:
-            claim(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.connection = sqlite3.connect(path, timeout=60)
-            self.connection.executescript(SCHEMA)
-            if self.connection.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                self.connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self.connection = caches.connect(path, DECODE, SCHEMA)
 
     def known_hashes(self, signatures: dict[str, tuple[int, int, int]]) -> dict[str, str]:
         """The content hash of each path whose stat signature is unchanged."""
@@ -185,15 +114,13 @@ class DecodeCache:
             return {}
         wanted = set(hashes)
         found = {r.sha256: r for r in kept.results if r.sha256 in wanted} if kept else {}
+        query = (
+            "SELECT sha256, pixels, width, height, format, mode, reason FROM results "
+            "WHERE settings = ? AND sha256 IN ({})"
+        )
         rest = sorted(wanted - found.keys())
-        for start in range(0, len(rest), 500):  # one query per batch, not per file
-            batch = rest[start : start + 500]
-            query = (
-                "SELECT sha256, pixels, width, height, format, mode, reason FROM results "
-                f"WHERE settings = ? AND sha256 IN ({', '.join('?' * len(batch))})"
-            )
-            for row in self.connection.execute(query, (self.settings_key, *batch)):
-                found[row[0]] = Decoded(*row)
+        for row in caches.select_in(self.connection, query, self.settings_key, rest):
+            found[row[0]] = Decoded(*row)
         return found
 
     def kept(self) -> Kept | None:

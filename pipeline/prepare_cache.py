@@ -1,0 +1,172 @@
+"""Prepare's cache: each image's perceptual hash and the near-duplicate pairs, kept by the
+image's content hash, so that a re-run hashes only the images it has not seen and
+searches only those against the rest.
+
+One SQLite file, made and guarded as pipeline/caches.py says; deleted, the next run
+hashes and searches everything again. A hash is a function of the ingested pixels,
+which are one of the file's bytes (its sha256) and of the ingest settings: hashes are
+keyed by both, with the versions of the code that makes them, so a hit is exactly
+what hashing would give. The settings are params.yaml's (dvc.yaml lists them for
+prepare): the cache trusts that they made the interim, as `dvc repro` ensures.
+
+The pairs are kept, for each distance, with the images they are complete for (their
+sha256, "members"): a run takes the pairs among the members still there from the
+cache and searches only the other images, against all, which gives exactly the pairs
+of a full search, in its order (a full search it is when half the images are new).
+
+Work grows as: hashing O(new images), the search O(new images x N), memory O(N x 32
+bytes) for the hashes, plus each image's sha256 and the pairs.
+"""
+
+import contextlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from pipeline import caches, near_duplicates, store
+from pipeline.ingest.decode import settings_key
+from pipeline.params import Ingest
+
+PREPARE = caches.Kind("prepare", "prepare cache", "IMGPIPE_PREPARE_CACHE", "hashing every image")
+
+# A hash as 4 little-endian uint64 (32 bytes); members as their sha256, one a line; pairs
+# as little-endian int64 (i, j) rows of members, i < j.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS perceptual_hashes (
+    settings TEXT, sha256 TEXT, hash BLOB, PRIMARY KEY (settings, sha256)
+);
+CREATE TABLE IF NOT EXISTS near_duplicate_pairs (
+    settings TEXT, distance INT, members TEXT, pairs BLOB, PRIMARY KEY (settings, distance)
+);
+"""
+
+
+class CacheFile(NamedTuple):
+    """Where prepare's cache is, and the ingest settings the images were made with."""
+
+    path: Path
+    ingest: Ingest
+
+
+class PrepareCache:
+    """The hashes and pairs of one cache key; `path=None` keeps nothing."""
+
+    def __init__(self, path: Path | None, key: str):
+        self.key = key
+        self.connection = None if path is None else caches.connect(path, PREPARE, SCHEMA)
+
+    def hashes(self, shas: list[str]) -> dict[str, bytes]:
+        """The kept hash of each of `shas` there is one of."""
+        if self.connection is None:
+            return {}
+        query = "SELECT sha256, hash FROM perceptual_hashes WHERE settings = ? AND sha256 IN ({})"
+        return dict(caches.select_in(self.connection, query, self.key, shas))
+
+    def keep_hashes(self, shas: list[str], hashes: np.ndarray) -> None:
+        if self.connection is None:
+            return
+        with self.connection:
+            self.connection.executemany(
+                "INSERT OR REPLACE INTO perceptual_hashes VALUES (?, ?, ?)",
+                [
+                    (self.key, sha, row.tobytes())
+                    for sha, row in zip(shas, hashes.astype("<u8"), strict=True)
+                ],
+            )
+
+    def pairs(self, max_distance: int) -> tuple[list[str], np.ndarray] | None:
+        """The members and every pair among them within `max_distance`, if kept."""
+        if self.connection is None:
+            return None
+        row = self.connection.execute(
+            "SELECT members, pairs FROM near_duplicate_pairs WHERE settings = ? AND distance = ?",
+            (self.key, max_distance),
+        ).fetchone()
+        if row is None:
+            return None
+        members = row[0].split("\n") if row[0] else []
+        return members, np.frombuffer(row[1], "<i8").reshape(-1, 2)
+
+    def keep_pairs(self, max_distance: int, shas: list[str], pairs: np.ndarray) -> None:
+        """Keep `pairs`, every one among `shas` within `max_distance`, in place of those kept."""
+        if self.connection is None:
+            return
+        with self.connection:
+            self.connection.execute(
+                "INSERT OR REPLACE INTO near_duplicate_pairs VALUES (?, ?, ?, ?)",
+                (self.key, max_distance, "\n".join(shas), pairs.astype("<i8").tobytes()),
+            )
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+
+
+def cache_key(ingest: Ingest) -> str:
+    """Everything but the file's bytes that decides an image's perceptual hash."""
+    phash = f"phash={near_duplicates.PHASH_VERSION} numpy={np.__version__}"
+    return f"{settings_key(ingest)} {phash}"
+
+
+def near_duplicates_of(
+    interim: store.Interim, rows: int, max_distance: int, cache: CacheFile | None
+) -> np.ndarray:
+    """near_duplicates.near_duplicate_pairs(perceptual_hashes(interim.images, rows),
+    max_distance), from the cache where it can."""
+    if max_distance < 0:  # off: no hash is needed
+        return np.empty((0, 2), np.int64)
+    images, shas = interim.images, [row.sha256 for row in interim.manifest]
+    path, key = (None, "") if cache is None else (cache.path, cache_key(cache.ingest))
+
+    def work(path: Path | None) -> np.ndarray:
+        with contextlib.closing(PrepareCache(path, key)) as kept:
+            return pairs_of(hashes_of(images, shas, rows, kept), shas, max_distance, kept)
+
+    return caches.use(path, PREPARE, work)
+
+
+def hashes_of(images: np.ndarray, shas: list[str], rows: int, cache: PrepareCache) -> np.ndarray:
+    """(N, 4) uint64: each image's perceptual hash, the cache's or made from its pixels
+    (which alone are read) and kept."""
+    found = cache.hashes(shas)
+    hit = np.array([sha in found for sha in shas], bool)
+    todo = np.flatnonzero(~hit)
+    result = np.empty((len(shas), 4), np.uint64)
+    result[hit] = np.frombuffer(
+        b"".join(found[sha] for sha in shas if sha in found), "<u8"
+    ).reshape(-1, 4)
+    result[todo] = near_duplicates.perceptual_hashes(images, rows, todo)
+    cache.keep_hashes([shas[i] for i in todo], result[todo])
+    return result
+
+
+def pairs_of(
+    hashes: np.ndarray, shas: list[str], max_distance: int, cache: PrepareCache
+) -> np.ndarray:
+    """near_duplicates.near_duplicate_pairs(hashes, max_distance): the cache's pairs among
+    its members, and those of the other images searched against all; kept for the next
+    run."""
+    if len(set(shas)) < len(shas):  # two rows of one content hash, which ingest never makes
+        return near_duplicates.near_duplicate_pairs(hashes, max_distance)
+    known, new = _known(shas, cache.pairs(max_distance))
+    found = near_duplicates.near_duplicate_pairs_given(hashes, known, new, max_distance)
+    cache.keep_pairs(max_distance, shas, found)
+    return found
+
+
+def _known(
+    shas: list[str], kept: tuple[list[str], np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept pairs whose two members are still there, as rows i < j of `shas`, and the
+    rows that are not members (sorted)."""
+    if kept is None:
+        return np.empty((0, 2), np.int64), np.arange(len(shas))
+    members, kept_pairs = kept
+    position = {sha: i for i, sha in enumerate(shas)}
+    rows = np.array([position.get(sha, -1) for sha in members], np.int64)  # -1: removed
+    known = rows[kept_pairs]
+    known = np.sort(known[(known >= 0).all(axis=1)], axis=1)  # rows keep no member order
+    member = np.zeros(len(shas), bool)
+    member[rows[rows >= 0]] = True
+    return known, np.flatnonzero(~member)
