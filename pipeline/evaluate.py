@@ -5,7 +5,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline import figures, files, store
+from pipeline import figures, files, model_record, store
 from pipeline.batches import Batches
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import loss_for
@@ -166,8 +166,8 @@ def evaluate(
     return metrics, scores, rows, (roc, pr)
 
 
-def load_trained(model_path: Path) -> tuple[keras.Model, store.ModelRecord]:
-    """A model and what it was trained with (store.read_model_record), refusing a model
+def load_trained(model_path: Path) -> tuple[keras.Model, model_record.ModelRecord]:
+    """A model and what it was trained with (model_record.read_model_record), refusing a model
     file Keras cannot load, or a record written for another model file."""
     try:
         # Uncompiled: evaluating and predicting need no optimizer, and a mixed-precision
@@ -179,7 +179,7 @@ def load_trained(model_path: Path) -> tuple[keras.Model, store.ModelRecord]:
             f"{model_path} cannot be loaded as a Keras model ({one_line(error)}); it is damaged "
             "or not a .keras file: train again (dvc repro) or fetch it again (dvc pull)"
         ) from None
-    return model, store.read_model_record(model_path)
+    return model, model_record.read_model_record(model_path)
 
 
 def input_shapes(model: keras.Model) -> list[tuple[int, int, int]]:

@@ -2,7 +2,7 @@
 
 Each file goes through exactly the code that made the training data (ingest's
 decode_image, prepare's derive_view) with the settings the model was trained
-with: ingest's from the record train wrote beside the model (store.ModelRecord),
+with: ingest's from the record train wrote beside the model (model_record.ModelRecord),
 the views from the model's own input shapes. No params.yaml, no prepared data.
 Files go through in batches, so that memory holds one batch's pixels however many
 files there are.
@@ -11,6 +11,8 @@ files there are.
 import math
 from itertools import islice
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.evaluate import class_indices_of, confidence_of, input_shapes, load_trained
 from pipeline.ingest.cache import DecodeCache
@@ -85,7 +87,7 @@ def _classify(
     usable = [result for result in results if result.reason is None]
     predictions = iter([])
     if usable:
-        images = stack_pixels(usable, settings)
+        images = np.asarray(stack_pixels(usable, settings))
         inputs = [derive_view(images, view) for view in views]
         probabilities = model.predict(inputs[0] if len(inputs) == 1 else inputs, verbose=0)
         indices = class_indices_of(probabilities)

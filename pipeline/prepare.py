@@ -29,19 +29,11 @@ from pipeline.params import CHANNELS, PIL_MODES, Prepare, View
 from pipeline.prepare_cache import CacheFile, near_duplicates_of
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # a group goes to its members' highest
+SPLIT_TOLERANCE = 0.10  # how far a realised split's share may be from the asked before a warning
+LISTED_LEAKS = 20  # the leaking pairs report.json names; the split rows' group column has all
 
-
-# How far, in fractions of the data set, a realised split may be from the asked one
-# before prepare warns.
-SPLIT_TOLERANCE = 0.10
-
-# The leaking near-duplicate pairs report.json lists by path; the split rows' group column
-# holds them all.
-LISTED_LEAKS = 20
-
-# Pixels go through prepare in blocks of images, each of a block's arrays (the ingested
-# pixels, their thumbnails, each view) at most this size, so that its memory does not grow
-# with the number of images: at its peak it holds about two blocks' worth.
+# Pixels are hashed in blocks of images, each of a block's arrays (the ingested pixels,
+# their thumbnails) at most this size, so that memory does not grow with the images.
 CHUNK_BYTES = 64 << 20
 
 

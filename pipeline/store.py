@@ -1,7 +1,8 @@
-"""The on-disk format of every stage's outputs, in one place.
+"""The on-disk format of every stage's data, in one place (what train saves beside a
+model: pipeline/model_record.py).
 
-Arrays are plain `.npy` files (uint8 pixels, float32 labels): no pickles, and
-memory-mappable. Tables are CSV with a fixed header; small records are JSON.
+Arrays are plain `.npy` files (uint8 pixels, float32 labels), no pickles, cut into
+shards (pipeline/shards.py). Tables are CSV with a fixed header; small records are JSON.
 Every file is written whole or not at all (pipeline/files.py), so a killed stage
 never leaves a file that looks complete but is not.
 """
@@ -17,11 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline import files, shards
 from pipeline.errors import PipelineError, one_line
-from pipeline.params import Ingest
 
 SPLITS = ("train", "val", "test")
 
@@ -330,65 +329,6 @@ def read_epoch_speeds(path: Path) -> list[EpochSpeedRow]:
 def write_curve(path: Path, point_type: type, points: list) -> None:
     """A curve for `dvc plots show`: RocPoint or PrecisionRecallPoint rows."""
     _write_rows(path, point_type, points)
-
-
-def beside_model(model_path: Path) -> dict[str, Path]:
-    """What train writes beside models/model.keras: its label map and the settings its
-    images were decoded with (which evaluate and predict read), its layer table and its
-    architecture drawing."""
-    return {
-        "labels": model_path.with_name(f"{model_path.stem}.labels.json"),
-        "summary": model_path.with_name("summary.txt"),
-        "architecture": model_path.with_name("architecture.png"),
-    }
-
-
-class ModelRecord(BaseModel):
-    """What a saved model was trained with, beyond the model file itself: with it, the
-    model folder alone is enough to classify image files. The views are the model's own
-    input shapes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    classes: dict[str, int]  # class name -> index, as prepare's labels.json had it
-    ingest: Ingest  # how ingest decoded, oriented and resized the training images
-
-
-def write_model_record(model_path: Path, record: ModelRecord) -> None:
-    """`record` beside the model, with the digest of that model file."""
-    data = {**record.model_dump(mode="json"), "model_sha256": _digest(model_path)}
-    files.write_json(beside_model(model_path)["labels"], data)
-
-
-def read_model_record(model_path: Path) -> ModelRecord:
-    """What `model_path` was trained with; refused unless it is that model's."""
-    labels = beside_model(model_path)["labels"]
-    if not labels.exists():
-        raise PipelineError(
-            f"{model_path} has no {labels.name} beside it, so its label map and settings are "
-            "unknown (train was interrupted, or the model was copied alone); train again "
-            "(dvc repro)"
-        )
-    data = read_json(labels)
-    if not isinstance(data, dict) or data.pop("model_sha256", None) != _digest(model_path):
-        raise PipelineError(
-            f"{labels} belongs to another {model_path.name} than the one beside it (files of "
-            "two training runs mixed, or an older imgpipe's); train again (dvc repro)"
-        )
-    try:
-        return ModelRecord.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(map(str, first["loc"]))
-        raise PipelineError(
-            f"{labels} is an older imgpipe's, which lacks the settings predict needs, or not "
-            f"imgpipe's ({where}: {first['msg']}); train again (dvc repro)"
-        ) from None
-
-
-def _digest(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 @contextmanager

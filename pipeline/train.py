@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from pipeline import distribute, figures, files, store
+from pipeline import distribute, figures, files, model_record, store
 from pipeline.batches import Batches
 from pipeline.models import Moments, build_model, compile_model
 from pipeline.params import Params
@@ -277,7 +277,7 @@ def _train_and_save(
     train_split = store.read_split(processed, "train")
     val_split = store.read_split(processed, "val")
     # Before training, not after: an interrupted run then leaves no model beside its metrics.
-    beside = store.beside_model(model_path)
+    beside = model_record.beside_model(model_path)
     files.clear_outputs(model_path.parent, [model_path.name, *(p.name for p in beside.values())])
     files.clear_outputs(live_dir, [SPEEDS])
     # dvc.yaml declares the metrics and plots itself, so dvclive must not edit it.
@@ -310,8 +310,8 @@ def _train_and_save(
         )
     # Last: the label map and ingest's settings it was trained with, and the model's digest,
     # which evaluate and predict check, so that a model never passes with another run's.
-    trained_with = store.ModelRecord(
+    trained_with = model_record.ModelRecord(
         classes=store.read_class_indices(processed), ingest=params.ingest
     )
-    store.write_model_record(model_path, trained_with)
+    model_record.write_model_record(model_path, trained_with)
     return model, distribution.chief

@@ -23,7 +23,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline import caches, files, prepare, store
+from pipeline import caches, files, model_record, prepare, store
 from pipeline.cli import cli
 from pipeline.ingest import decode as decoding
 from pipeline.predict import predict as classify
@@ -136,7 +136,7 @@ def test_the_stages_by_hand_write_every_output(project):
     assert "48 accepted, 0 quarantined, 0 duplicate, 0 conflict, 0 ignored" in outputs["ingest"]
     assert paths["model"].is_file()
     assert not list(paths["model"].parent.glob(".*.partial*"))
-    beside = store.beside_model(paths["model"])
+    beside = model_record.beside_model(paths["model"])
     summary = beside["summary"].read_text()
     assert 'Model: "sequential"' in summary and "Flatten" in summary
     assert beside["architecture"].read_bytes().startswith(PNG)
@@ -290,7 +290,8 @@ def test_a_damaged_model_file_is_one_line_saying_how_to_get_it_back(
             for name in source.namelist():
                 data = source.read(name)
                 target.writestr(name, data[: len(data) // 2] if name.endswith(".h5") else data)
-    shutil.copy(store.beside_model(paths["model"])["labels"], store.beside_model(damaged)["labels"])
+    labels = model_record.beside_model(paths["model"])["labels"]
+    shutil.copy(labels, model_record.beside_model(damaged)["labels"])
     arguments = {
         "evaluate": [
             "--model",
@@ -557,8 +558,8 @@ def test_predict_refuses_a_label_file_an_older_imgpipe_wrote(project, tmp_path):
     paths, _, _ = project
     model = tmp_path / "model.keras"
     shutil.copy(paths["model"], model)
-    labels = store.beside_model(model)["labels"]
-    record = json.loads(store.beside_model(paths["model"])["labels"].read_text())
+    labels = model_record.beside_model(model)["labels"]
+    record = json.loads(model_record.beside_model(paths["model"])["labels"].read_text())
     labels.write_text(json.dumps({key: record[key] for key in ("classes", "model_sha256")}))
     result = invoke("predict", model, paths["raw"] / "dark" / "000.png")
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -700,8 +701,8 @@ def test_a_cache_made_before_caches_were_marked_is_still_used(tmp_path):
 
 def copy_beside_files(model: Path, target: Path) -> None:
     """What train wrote beside `model`, beside `target`."""
-    for source, copy in zip(store.beside_model(model).values(),
-                            store.beside_model(target).values(), strict=True):  # fmt: skip
+    for source, copy in zip(model_record.beside_model(model).values(),
+                            model_record.beside_model(target).values(), strict=True):  # fmt: skip
         shutil.copy(source, copy)
 
 

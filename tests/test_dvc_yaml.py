@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import cli, evaluate, store, train
+from pipeline import cli, evaluate, model_record, store, train
 from pipeline.params import Params
 from tests.conftest import REPO
 
@@ -36,7 +36,7 @@ def test_stage_outputs_are_exactly_what_the_commands_write():
         f"{cli.PREPARE_REPORT.as_posix()}/class_balance.png",
         f"{cli.PREPARE_REPORT.as_posix()}/samples.png",
     ]
-    beside = store.beside_model(cli.MODEL)
+    beside = model_record.beside_model(cli.MODEL)
     assert _written("train") == {
         cli.MODEL.as_posix(),
         beside["labels"].as_posix(),

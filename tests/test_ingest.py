@@ -39,8 +39,10 @@ from tests.conftest import (
     encode,
     image_bytes,
     make_dataset,
+    peak_rss,
     snapshot,
     tmpfs,
+    write_params,
 )
 
 
@@ -888,3 +890,25 @@ def test_a_kept_shard_edited_or_deleted_is_not_trusted(tmp_path):
     kept.unlink()
     ingest.run(raw, tmp_path / "deleted", GRAY, cache_path=cache)
     assert snapshot(tmp_path / "deleted") == first
+
+
+def peak_rss_of_ingest(folder: Path, count: int) -> int:
+    """Bytes: the peak RSS of an `imgpipe ingest` of `count` distinct tiny PNGs, each made
+    256x256 RGB (192 KiB of pixels), on one worker without the cache."""
+    rng = np.random.default_rng(count)
+    for index in range(count):
+        tiny = Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8))
+        write(folder / "raw" / f"c{index % 2}" / f"{index:05d}.png", encode(tiny))
+    big = {"image_size": [256, 256], "color_mode": "rgb"}
+    params = write_params(folder / "params.yaml", ingest=big, prepare={"views": [big]})
+    return peak_rss([BIN / "imgpipe", "--params", params, "ingest", "--raw", folder / "raw",
+                     "--out", folder / "interim", "--workers", "1", "--no-cache"])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ingests_peak_memory_does_not_grow_with_the_images(tmp_path):
+    # 2000 images are 375 MiB of pixels: ingest held them all (and stacked them) before
+    # its pixels waited in a spill file and went to the shards one shard at a time.
+    few = peak_rss_of_ingest(tmp_path / "few", 100)
+    many = peak_rss_of_ingest(tmp_path / "many", 2000)
+    assert many < few + (64 << 20), (few, many)

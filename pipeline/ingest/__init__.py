@@ -23,11 +23,13 @@ from pipeline.errors import PipelineError
 from pipeline.ingest import scan as scanning
 from pipeline.ingest.cache import DECODE, DecodeCache, Kept
 from pipeline.ingest.decode import Decoded, settings_key
+from pipeline.ingest.pixels import Spill
 from pipeline.ingest.verdicts import decide
 from pipeline.ingest.workers import decode_in_workers
-from pipeline.params import Ingest
+from pipeline.params import CHANNELS, Ingest
 
 COMMIT_SECONDS = 0.5  # the most decoding work a killed run loses from the cache
+COMMIT_BYTES = 32 << 20  # the most pixels waiting in memory for the cache
 
 
 def run(
@@ -44,7 +46,17 @@ def run(
 def _write(
     raw: Path, out: Path, settings: Ingest, workers: int, cache_path: Path | None
 ) -> store.Interim:
-    interim, kept = _verdicts(raw, settings, workers, cache_path)
+    spill = Spill(out, (*settings.image_size, CHANNELS[settings.color_mode]))
+    try:
+        return _write_spilled(raw, out, settings, workers, cache_path, spill)
+    finally:
+        spill.close()
+
+
+def _write_spilled(
+    raw: Path, out: Path, settings: Ingest, workers: int, cache_path: Path | None, spill: Spill
+) -> store.Interim:
+    interim, kept = _verdicts(raw, settings, workers, cache_path, spill)
     if not interim.manifest:
         counts = ", ".join(f"{n} {v}" for v, n in interim.report["files"].items() if n)
         raise PipelineError(
@@ -65,10 +77,11 @@ def _write(
 
 
 def _verdicts(
-    raw: Path, settings: Ingest, workers: int, cache_path: Path | None
+    raw: Path, settings: Ingest, workers: int, cache_path: Path | None, spill: Spill
 ) -> tuple[store.Interim, Kept | None]:
     """Every file's verdict, and the cache's kept shards, whose files are linked where they
-    hold a shard's images (when nothing changed, every shard: nothing is written)."""
+    hold a shard's images (when nothing changed, every shard: nothing is written). Pixels
+    not in the kept shards wait in `spill`."""
     found = scanning.scan(raw)
     key = settings_key(settings)
     # The cache knows files by absolute path, however the raw folder is reached.
@@ -79,11 +92,11 @@ def _verdicts(
         kept = cache.kept()
         signatures = {path: c.signature for path, c in zip(absolute, found.candidates, strict=True)}
         known = cache.known_hashes(signatures)
-        hits = cache.lookup(known.values(), kept)
+        hits = cache.lookup(known.values(), kept, spill)
         results = {path: hits[known[path]] for path in absolute if known.get(path) in hits}
         todo = [path for path in absolute if path not in results]
         if todo:
-            results |= _decode_new(todo, settings, cache, workers)
+            results |= _decode_new(todo, settings, cache, workers, spill)
         cache.remember_hashes(
             (path, signatures[path], results[path].sha256)
             for path in absolute
@@ -95,25 +108,30 @@ def _verdicts(
 
 
 def _decode_new(
-    todo: list[str], settings: Ingest, cache: DecodeCache, workers: int
+    todo: list[str], settings: Ingest, cache: DecodeCache, workers: int, spill: Spill
 ) -> dict[str, Decoded]:
-    """Decode the files the stat signatures did not vouch for, with a progress bar."""
+    """Decode the files the stat signatures did not vouch for, with a progress bar; their
+    pixels go to `spill` (and, a commit at a time, to the cache)."""
     from tqdm import tqdm  # only runs that decode pay for importing it
 
-    results, fresh = {}, []
+    results, fresh, waiting = {}, [], 0
     decoded = decode_in_workers([Path(p) for p in todo], settings, cache, workers)
     committed = time.monotonic()
     with tqdm(total=len(todo), desc="ingest", unit="img", disable=None) as progress:
         for path, result in zip(todo, decoded, strict=True):
-            results[path] = result
-            if result.sha256:
+            if result.sha256 and cache.path is not None:  # quarantined ones too, with reasons
                 fresh.append(result)
+                waiting += len(result.pixels or b"")
+            if result.reason is None:
+                result = result._replace(pixels=spill.append(result.pixels))
+            results[path] = result
             # Commit as we go, so a killed run keeps its progress; by time, not by count:
-            # each commit waits for the disk (every 128 images cost 8-12% of 5,000 photos).
-            if time.monotonic() - committed >= COMMIT_SECONDS:
+            # each commit waits for the disk (every 128 images cost 8-12% of 5,000 photos);
+            # and by bytes, so that fast decoding of large images keeps little in memory.
+            if time.monotonic() - committed >= COMMIT_SECONDS or waiting >= COMMIT_BYTES:
                 cache.store(fresh)
                 fresh.clear()
-                committed = time.monotonic()
+                committed, waiting = time.monotonic(), 0
             progress.update()
     cache.store(fresh)
     return results

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from pipeline import caches, files, shards, store
 from pipeline.ingest.decode import Decoded
+from pipeline.ingest.pixels import Located, Spill
 
 # `decoded` held the results with pixels before the other columns, `kept` the kept
 # rows' hashes without their facts, `kept_array` one kept images.npy; caches made then
@@ -55,7 +56,7 @@ class Kept(NamedTuple):
     """The shards of images ingest wrote last with these settings."""
 
     array: shards.Rows  # their rows, in order
-    results: list[Decoded]  # row i's source facts, its pixels the row number i (in `array`)
+    results: list[Decoded]  # row i's source facts, its pixels row i of `array`
 
     @property
     def hashes(self) -> list[str]:
@@ -108,8 +109,11 @@ class DecodeCache:
                 [(path, *stat, sha256) for path, stat, sha256 in entries],
             )
 
-    def lookup(self, hashes: Iterable[str], kept: Kept | None = None) -> dict[str, Decoded]:
-        """Cached results; those of the rows of `kept` come from it, not from SQLite."""
+    def lookup(
+        self, hashes: Iterable[str], kept: Kept | None = None, spill: Spill | None = None
+    ) -> dict[str, Decoded]:
+        """Cached results; those of the rows of `kept` come from it, not from SQLite, and
+        the pixels of the others go to `spill` as they are read, when one is given."""
         if self.connection is None:
             return {}
         wanted = set(hashes)
@@ -120,7 +124,10 @@ class DecodeCache:
         )
         rest = sorted(wanted - found.keys())
         for row in caches.select_in(self.connection, query, self.settings_key, rest):
-            found[row[0]] = Decoded(*row)
+            result = Decoded(*row)
+            if spill is not None and result.reason is None:
+                result = result._replace(pixels=spill.append(result.pixels))
+            found[row[0]] = result
         return found
 
     def kept(self) -> Kept | None:
@@ -143,7 +150,9 @@ class DecodeCache:
             cut.append(shards.Shard(name, start, start + count))
             start += count
         array = shards.Rows(self.kept_path, cut)
-        return Kept(array, [Decoded(sha256, i, *facts) for i, (sha256, *facts) in enumerate(rows)])
+        return Kept(
+            array, [Decoded(sha, Located(array, i), *facts) for i, (sha, *facts) in enumerate(rows)]
+        )
 
     def keep(self, images: shards.Rows, manifest: list[store.ManifestRow]) -> None:
         """Keep the shards of images just written, whose rows `manifest` describes."""

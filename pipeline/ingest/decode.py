@@ -25,6 +25,7 @@ from pipeline.params import PIL_MODES, Ingest
 
 if TYPE_CHECKING:  # the cache stores Decoded results: it imports this module
     from pipeline.ingest.cache import DecodeCache
+    from pipeline.ingest.pixels import Located
 
 # Bumped whenever decode_bytes would give other pixels or another reason for the same
 # file and settings: the decode cache keeps both.
@@ -64,9 +65,9 @@ class Decoded(NamedTuple):
     """What decoding one file gave: pixels and source facts, or the reason it failed."""
 
     sha256: str
-    # (H, W, C) uint8 in C order: bytes, or the row number in the kept shards (cache.Kept);
-    # None when rejected
-    pixels: bytes | int | None
+    # (H, W, C) uint8 in C order: bytes, or where they wait (pixels.Located); None when
+    # rejected
+    pixels: "bytes | Located | None"
     width: int = 0  # as stored in the file, before orientation and resizing
     height: int = 0
     format: str = ""

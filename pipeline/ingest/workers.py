@@ -10,7 +10,9 @@ Ctrl-C the workers skip the files already queued, and a worker ends with its
 parent, however the parent ends.
 """
 
+import collections
 import contextlib
+import math
 import os
 import sys
 import time
@@ -21,7 +23,7 @@ import numpy as np
 
 from pipeline.ingest.cache import DecodeCache
 from pipeline.ingest.decode import Decoded, decode_file
-from pipeline.params import Ingest
+from pipeline.params import CHANNELS, Ingest
 
 
 def _too_slow(settings: Ingest) -> Decoded:
@@ -39,6 +41,7 @@ _worker: dict = {}
 
 
 TAKEN, DONE = 1, 2  # a file's state in the workers' shared record of what they decode
+CHUNK_BYTES = 4 << 20  # of pixels in a chunk of results; a few chunks a worker are in memory
 
 
 def _start_worker(settings: Ingest, cache_path: Path | None, key: str, parent: int, shared=None):
@@ -71,6 +74,24 @@ def _decode_in_worker(job: tuple[int, Path]) -> tuple[int, Decoded | None]:
     result = decode_file(path, _worker["settings"], _worker["cache"])
     states[index] = DONE
     return index, result
+
+
+def _decode_chunk(jobs: list[tuple[int, Path]]) -> list[tuple[int, Decoded | None]]:
+    return [_decode_in_worker(job) for job in jobs]
+
+
+def _in_order(pool, jobs: list[tuple[int, Path]], chunk: int, ahead: int) -> Iterator:
+    """What _decode_in_worker gives for each of `jobs`, in order, decoded in chunks of
+    `chunk` with at most `ahead` chunks submitted and not yet taken: unlike pool.map,
+    which submits every chunk at once, results never pile up when they are taken more
+    slowly than they are made."""
+    pending = collections.deque()
+    for start in range(0, len(jobs), chunk):
+        pending.append(pool.submit(_decode_chunk, jobs[start : start + chunk]))
+        if len(pending) >= ahead:
+            yield from pending.popleft().result()
+    while pending:
+        yield from pending.popleft().result()
 
 
 def _decode_in_own_process(path: Path, state: tuple, answer) -> None:
@@ -152,12 +173,14 @@ def decode_in_workers(
 
     context = multiprocessing.get_context(start_method)
     workers = min(workers, len(paths))
+    row_bytes = math.prod(settings.image_size) * CHANNELS[settings.color_mode]
     state = (settings, cache.path, cache.settings_key, os.getpid())
     settled: dict[int, Decoded] = {}  # files decoded alone after a worker died
     done = 0  # results yielded
     while done < len(paths):
         todo = [index for index in range(done, len(paths)) if index not in settled]
-        chunk = max(1, min(256, len(todo) // (workers * 4)))  # few, large chunks: less IPC
+        # Few, large chunks (less IPC), each at most CHUNK_BYTES of pixels.
+        chunk = max(1, min(256, len(todo) // (workers * 4), CHUNK_BYTES // row_bytes))
         shared = (
             context.RawArray("b", len(paths)),  # each file's state: TAKEN, DONE
             context.RawArray("d", len(paths)),  # when it was taken (time.monotonic)
@@ -172,8 +195,8 @@ def decode_in_workers(
         pool = ProcessPoolExecutor(workers, context, _start_worker, (*state, shared))
         watchdog.start()
         try:
-            jobs = ((index, paths[index]) for index in todo)
-            for index, result in pool.map(_decode_in_worker, jobs, chunksize=chunk):
+            jobs = [(index, paths[index]) for index in todo]
+            for index, result in _in_order(pool, jobs, chunk, ahead=2 * workers):
                 yield from (settled[before] for before in range(done, index))
                 yield result
                 done = index + 1
