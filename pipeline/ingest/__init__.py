@@ -15,6 +15,7 @@ decode (one file's bytes -> pixels), workers (decoding on worker processes),
 cache (the decode cache), verdicts and summary.
 """
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -67,13 +68,14 @@ def _write_spilled(
     hashes = [row.sha256 for row in interim.manifest]
     cut = store.interim_shards(interim.manifest)
     store.write_interim(out, interim, kept.reusable(cut, hashes) if kept else {})
+    written = store.interim_images(out, interim.manifest)  # the spill ends with the run
     if cache_path is not None:  # keep what was written for the next run: links, not copies
         cache = DecodeCache(cache_path, settings_key(settings))
         try:
-            cache.keep(store.interim_images(out, interim.manifest), interim.manifest)
+            cache.keep(written, interim.manifest)
         finally:
             cache.close()
-    return interim
+    return dataclasses.replace(interim, images=written)
 
 
 def _verdicts(
