@@ -37,6 +37,26 @@ WORKERS = click.option(
     help="Decoding processes. [default: every usable core]",
 )
 
+
+def _cache_options(default: Path, envvar: str, what: str, without: str):
+    """A stage's --cache PATH (`what` it keeps) and --no-cache (`without` it)."""
+
+    def decorate(command):
+        command = click.option("--no-cache", is_flag=True, help=f"{without}; neither read "
+                               "nor write the cache.")(command)  # fmt: skip
+        return click.option(
+            "--cache",
+            "cache_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=default,
+            show_default=True,
+            envvar=envvar,
+            help=f"{what}; safe to delete. Env: {envvar}.",
+        )(command)
+
+    return decorate
+
+
 PREPARED = click.option(
     "--processed",
     type=_folder(),
@@ -99,18 +119,11 @@ def demo_data(folder: Path, force: bool) -> None:
     "duplicates.csv, report.json.",
 )
 @WORKERS
-@click.option(
-    "--cache",
-    "cache_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DECODE_CACHE,
-    show_default=True,
-    envvar="IMGPIPE_DECODE_CACHE",
-    help="Decode cache (SQLite), so re-runs decode only new files; safe to delete. "
-    "Env: IMGPIPE_DECODE_CACHE.",
-)
-@click.option(
-    "--no-cache", is_flag=True, help="Decode every file; neither read nor write the cache."
+@_cache_options(
+    DECODE_CACHE,
+    "IMGPIPE_DECODE_CACHE",
+    "Decode cache (SQLite), so re-runs decode only new files",
+    "Decode every file",
 )
 @click.pass_context
 def ingest(
@@ -159,20 +172,12 @@ def ingest(
     show_default=True,
     help="Where to write report.json (split counts, near-duplicates) and the plots.",
 )
-@click.option(
-    "--cache",
-    "cache_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=PREPARE_CACHE,
-    show_default=True,
-    envvar="IMGPIPE_PREPARE_CACHE",
-    help="Prepare cache (SQLite) of perceptual hashes and near-duplicate pairs, so re-runs "
-    "hash and search only new images; safe to delete. Env: IMGPIPE_PREPARE_CACHE.",
-)
-@click.option(
-    "--no-cache",
-    is_flag=True,
-    help="Hash and search every image; neither read nor write the cache.",
+@_cache_options(
+    PREPARE_CACHE,
+    "IMGPIPE_PREPARE_CACHE",
+    "Prepare cache (SQLite) of perceptual hashes and near-duplicate pairs, so re-runs hash "
+    "and search only new images",
+    "Hash and search every image",
 )
 @click.pass_context
 def prepare(

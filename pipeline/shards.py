@@ -97,7 +97,27 @@ class Damaged(ValueError):
         self.path = path
 
 
-class Rows:
+class RowsLike:
+    """What an array-like of rows read when asked for gives beyond its __getitem__: len,
+    shape and np.asarray, from its rows (`len(self.rows)`), `row_shape` and `dtype`."""
+
+    rows: "np.ndarray | list"
+    row_shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.row_shape)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+class Rows(RowsLike):
     """Rows of a sharded array as an array-like: len, shape, dtype, np.asarray, and
     indexing by an int, a slice or a sorted array of row numbers, each read from the
     shard files when asked for. `index` picks and orders the rows it shows (a split's)."""
@@ -114,15 +134,8 @@ class Rows:
             self._check(shard)
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.index), *self.row_shape)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = self[:]
-        return whole if dtype is None else whole.astype(dtype)
+    def rows(self) -> np.ndarray:
+        return self.index
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, tuple):  # rows first, then within them

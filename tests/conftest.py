@@ -211,3 +211,17 @@ def server(request, tmp_path_factory):
     instance.start()
     yield instance
     instance.stop()
+
+
+def foreign_file(folder: Path, kind: str) -> Path:
+    """A file imgpipe did not make in `folder`: "notes", or "another program's SQLite
+    database"."""
+    import contextlib
+    import sqlite3
+
+    if kind == "notes":
+        (folder / "notes.txt").write_text("my notes")
+        return folder / "notes.txt"
+    with contextlib.closing(sqlite3.connect(folder / "app.sqlite")) as database, database:
+        database.execute("CREATE TABLE things (name TEXT)")
+    return folder / "app.sqlite"

@@ -35,6 +35,7 @@ from tests.conftest import (
     REPO,
     deadline,
     encode,
+    foreign_file,
     ingest_and_prepare,
     make_dataset,
     peak_rss,
@@ -664,15 +665,8 @@ def test_other_backends_run_the_same_training_code(project, tmp_path, backend):
 @pytest.mark.parametrize("kind", ["a photo", "notes", "another program's SQLite database"])
 def test_a_cache_path_holding_a_file_imgpipe_did_not_make_is_refused_untouched(tmp_path, kind):
     raw = make_dataset(tmp_path / "raw", per_class=2)
-    if kind == "a photo":  # --cache data/raw/ants/0013035.jpg renamed the photo before
-        foreign = raw / "dark" / "000.png"
-    elif kind == "notes":
-        foreign = tmp_path / "notes.txt"
-        foreign.write_text("my notes")
-    else:
-        foreign = tmp_path / "app.sqlite"
-        with contextlib.closing(sqlite3.connect(foreign)) as database, database:
-            database.execute("CREATE TABLE things (name TEXT)")
+    # --cache data/raw/ants/0013035.jpg renamed the photo before
+    foreign = raw / "dark" / "000.png" if kind == "a photo" else foreign_file(tmp_path, kind)
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     result = invoke("ingest", "--raw", raw, "--out", tmp_path / "out", "--cache", foreign)
     assert result.exit_code == 2

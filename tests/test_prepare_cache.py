@@ -1,9 +1,7 @@
 """Prepare's cache: hashes and pairs kept by content hash; the same pairs and bytes as
 without it, whatever it holds."""
 
-import contextlib
 import dataclasses
-import sqlite3
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from click.testing import CliRunner
 from pipeline import near_duplicates, prepare_cache, store
 from pipeline.cli import cli
 from pipeline.params import Ingest
-from tests.conftest import default_params, snapshot, write_params
+from tests.conftest import default_params, foreign_file, snapshot, write_params
 from tests.test_prepare import _hash, noise_interim, planted_hashes
 
 DISTANCE = 24
@@ -188,13 +186,7 @@ def test_a_damaged_cache_is_set_aside_with_a_warning_and_the_pairs_are_the_same(
 
 @pytest.mark.parametrize("kind", ["notes", "another program's SQLite database"])
 def test_a_cache_path_holding_a_file_imgpipe_did_not_make_is_refused_untouched(tmp_path, kind):
-    if kind == "notes":
-        foreign = tmp_path / "notes.txt"
-        foreign.write_text("my notes")
-    else:
-        foreign = tmp_path / "app.sqlite"
-        with contextlib.closing(sqlite3.connect(foreign)) as database, database:
-            database.execute("CREATE TABLE things (name TEXT)")
+    foreign = foreign_file(tmp_path, kind)
     params = write_params(tmp_path / "params.yaml")
     store.write_interim(tmp_path / "interim", _with_copies(20))
     before = snapshot(tmp_path)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.shards import RowsLike
+
 
 class Located(NamedTuple):
     """Row `row` of `source` (a Spill, or the kept shards' shards.Rows)."""
@@ -50,28 +52,18 @@ class Spill:
         os.close(self.handle)
 
 
-class Gathered:
+class Gathered(RowsLike):
     """The accepted images' pixels, in order, as an array-like (len, shape, dtype, slices,
     np.asarray) that reads each block of rows from where its pixels are when asked: bytes
     in memory, a spill file or the kept shards."""
 
     def __init__(self, pixels: list, row_shape: tuple[int, ...]):
-        self.pixels, self.row_shape, self.dtype = pixels, row_shape, np.dtype(np.uint8)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self.pixels), *self.row_shape)
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return self[:] if dtype is None else self[:].astype(dtype)
+        self.rows, self.row_shape, self.dtype = pixels, row_shape, np.dtype(np.uint8)
 
     def __getitem__(self, rows):
         if isinstance(rows, (int, np.integer)):
             return self[rows : rows + 1][0]
-        chosen = self.pixels[rows]
+        chosen = self.rows[rows]
         out = np.empty((len(chosen), math.prod(self.row_shape)), np.uint8)
         located = defaultdict(list)  # source -> [(where in out, its row there)]
         for at, pixels in enumerate(chosen):
