@@ -70,10 +70,10 @@ def link_arrays(source: Path, folder: Path, shards: list[Shard]) -> None:
         files.link_or_copy(path(source, shard.name), path(folder, shard.name))
 
 
-def write_index(path: Path, shards: list[Shard]) -> None:
+def write_index(index_file: Path, shards: list[Shard]) -> None:
     """The shards' names and sizes, in order: `name,rows` lines under a header."""
     lines = ["name,rows", *(f"{shard.name},{shard.stop - shard.start}" for shard in shards)]
-    files.write_bytes(path, ("\n".join(lines) + "\n").encode())
+    files.write_bytes(index_file, ("\n".join(lines) + "\n").encode())
 
 
 def parse_index(text: str) -> list[Shard]:

@@ -193,12 +193,11 @@ def write_interim(folder: Path, interim: Interim, reuse: dict[str, Path] | None 
 
 def read_interim(folder: Path) -> Interim:
     cut = _shards_of(folder)
-    manifest = _read_sharded(folder / "manifest", cut, ManifestRow)
     with _parsing(folder / "images"):
         images = shards.Rows(folder / "images", cut)
     return Interim(
         images=images,
-        manifest=manifest,
+        manifest=_read_sharded(folder / "manifest", cut, ManifestRow),
         quarantine=_read_rows(folder / "quarantine.csv", QuarantineRow),
         duplicates=_read_rows(folder / "duplicates.csv", DuplicateRow),
         report=read_json(folder / "report.json"),
@@ -236,10 +235,9 @@ def write_splits(folder: Path, splits: dict[str, Split], class_indices: dict[str
     cut = shards.cut([row.sha256 for row in rows], names)
     labels = np.concatenate([split.labels for split in splits.values()])
     processed = Processed(class_indices, rows, labels, {})
-    views = [
-        (lambda a, b, i=i: np.concatenate([split.views[i] for split in splits.values()])[a:b])
-        for i in range(len(next(iter(splits.values())).views))
-    ]
+    count = len(next(iter(splits.values())).views)
+    whole = [np.concatenate([split.views[i] for split in splits.values()]) for i in range(count)]
+    views = [lambda a, b, view=view: view[a:b] for view in whole]
     write_processed(folder, processed, cut, views)
 
 
@@ -250,7 +248,7 @@ def read_split(folder: Path, name: str) -> Split:
             "interrupted, or never ran); run prepare again (dvc repro)"
         )
     cut = _shards_of(folder)
-    rows = read_split_rows(folder)
+    rows = _read_sharded(folder / "splits", cut, SplitRow)
     chosen = np.flatnonzero(np.array([row.split for row in rows]) == name)
     views = []
     while (path := folder / f"view{len(views)}").is_dir():
@@ -266,15 +264,9 @@ def read_split_rows(
 ) -> list[SplitRow]:
     """Every image's split row, in the manifest's order. `read_text` reads a file of the
     folder, by its path, from elsewhere (a git revision, for diff), `where` naming it."""
-    read = read_text or (lambda path: Path(path).read_text(encoding="utf-8"))
-    with _parsing(f"{folder / 'shards.csv'}{where}"):
-        cut = shards.parse_index(read((folder / "shards.csv").as_posix()))
-    rows = []
-    for shard in cut:
-        path = folder / "splits" / f"{shard.name}.csv"
-        with _parsing(f"{path}{where}"):
-            rows += _parse_rows(io.StringIO(read(path.as_posix()), newline=""), SplitRow)
-    return rows
+    read = read_text or _read_text
+    cut = _shards_of(folder, read, where)
+    return _read_sharded(folder / "splits", cut, SplitRow, read, where)
 
 
 SHARDED = (".npy", ".csv")  # what a shard folder holds
@@ -292,9 +284,14 @@ def _clear(folder: Path, names) -> None:
                 path.unlink()
 
 
-def _shards_of(folder: Path) -> list[shards.Shard]:
-    with _parsing(folder / "shards.csv"):
-        return shards.parse_index((folder / "shards.csv").read_text(encoding="utf-8"))
+def _read_text(path: str) -> str:  # as a stage's tables are written
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _shards_of(folder: Path, read: Callable[[str], str] = _read_text, where: str = ""):
+    """The shards folder/shards.csv lists; `read` and `where` as read_split_rows's."""
+    with _parsing(f"{folder / 'shards.csv'}{where}"):
+        return shards.parse_index(read((folder / "shards.csv").as_posix()))
 
 
 def _write_sharded(folder: Path, cut: list[shards.Shard], row_type: type, rows: list) -> None:
@@ -302,8 +299,20 @@ def _write_sharded(folder: Path, cut: list[shards.Shard], row_type: type, rows: 
         _write_rows(folder / f"{shard.name}.csv", row_type, rows[shard.start : shard.stop])
 
 
-def _read_sharded(folder: Path, cut: list[shards.Shard], row_type: type) -> list:
-    return [row for shard in cut for row in _read_rows(folder / f"{shard.name}.csv", row_type)]
+def _read_sharded(
+    folder: Path,
+    cut: list[shards.Shard],
+    row_type: type,
+    read: Callable[[str], str] = _read_text,
+    where: str = "",
+) -> list:
+    """The rows of each shard's table in `folder`, in order."""
+    rows = []
+    for shard in cut:
+        path = folder / f"{shard.name}.csv"
+        with _parsing(f"{path}{where}"):
+            rows += _parse_rows(io.StringIO(read(path.as_posix()), newline=""), row_type)
+    return rows
 
 
 def read_class_indices(folder: Path) -> dict[str, int]:

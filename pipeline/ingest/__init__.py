@@ -47,28 +47,19 @@ def run(
 def _write(
     raw: Path, out: Path, settings: Ingest, workers: int, cache_path: Path | None
 ) -> store.Interim:
-    spill = Spill(out, (*settings.image_size, CHANNELS[settings.color_mode]))
-    try:
-        return _write_spilled(raw, out, settings, workers, cache_path, spill)
-    finally:
-        spill.close()
-
-
-def _write_spilled(
-    raw: Path, out: Path, settings: Ingest, workers: int, cache_path: Path | None, spill: Spill
-) -> store.Interim:
-    interim, kept = _verdicts(raw, settings, workers, cache_path, spill)
-    if not interim.manifest:
-        counts = ", ".join(f"{n} {v}" for v, n in interim.report["files"].items() if n)
-        raise PipelineError(
-            f"no usable images under {raw} ({counts or 'no files'}); "
-            f"expected {raw}/<class>/<image files>, or {raw}/train/<class>/<image files> "
-            "beside val/ and test/"
-        )
-    hashes = [row.sha256 for row in interim.manifest]
-    cut = store.interim_shards(interim.manifest)
-    store.write_interim(out, interim, kept.reusable(cut, hashes) if kept else {})
-    written = store.interim_images(out, interim.manifest)  # the spill ends with the run
+    with Spill(out, (*settings.image_size, CHANNELS[settings.color_mode])) as spill:
+        interim, kept = _verdicts(raw, settings, workers, cache_path, spill)
+        if not interim.manifest:
+            counts = ", ".join(f"{n} {v}" for v, n in interim.report["files"].items() if n)
+            raise PipelineError(
+                f"no usable images under {raw} ({counts or 'no files'}); "
+                f"expected {raw}/<class>/<image files>, or {raw}/train/<class>/<image files> "
+                "beside val/ and test/"
+            )
+        hashes = [row.sha256 for row in interim.manifest]
+        cut = store.interim_shards(interim.manifest)
+        store.write_interim(out, interim, kept.reusable(cut, hashes) if kept else {})
+    written = store.interim_images(out, interim.manifest)  # the spill ended with the write
     if cache_path is not None:  # keep what was written for the next run: links, not copies
         cache = DecodeCache(cache_path, settings_key(settings))
         try:

@@ -48,7 +48,10 @@ class Spill:
             )
         return out.reshape(-1, *self.row_shape)
 
-    def close(self) -> None:
+    def __enter__(self) -> "Spill":
+        return self
+
+    def __exit__(self, *exc) -> None:
         os.close(self.handle)
 
 
