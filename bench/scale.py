@@ -208,7 +208,7 @@ def near_duplicate_search(repo: Repo) -> tuple[int, float]:
     """(pairs, seconds) of prepare's near-duplicate search over the ingested images."""
     settings = load_params(repo.root / "params.yaml").prepare
     images = store.read_interim(repo.root / "data" / "interim").images
-    hashes = perceptual_hashes(images, block_rows(images, settings))
+    hashes = perceptual_hashes(images, block_rows(images))
     start = time.perf_counter()
     pairs = near_duplicate_pairs(hashes, settings.near_duplicate_distance)
     return len(pairs), time.perf_counter() - start

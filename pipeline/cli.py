@@ -223,7 +223,7 @@ def prepare(
 def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) -> None:
     """Train the CNN named by train.model (params: base.seed, train).
 
-    Batches are read from prepare's memory-mapped arrays in a new order each
+    Batches are read from prepare's shard files in a new order each
     epoch, drawn from base.seed. train.batch_size counts images per step on all
     devices together. Per-epoch loss and accuracy for train and val go to the
     dvclive folder (`dvc plots show` draws them), with the backend, device and

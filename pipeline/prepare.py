@@ -64,15 +64,12 @@ def natural_split(sha256: str, settings: Prepare) -> str:
     return "train"
 
 
-def block_rows(images: np.ndarray, settings: Prepare, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Images per block: as many as keep each of a block's arrays (its ingested pixels, their
-    thumbnails, each view) within `chunk_bytes`; at least one."""
-    per_image = [
-        images.dtype.itemsize * math.prod(images.shape[1:]),
-        THUMBNAIL_BYTES,
-        *(math.prod(shape) for shape in view_shapes(settings)),
-    ]
-    return max(1, chunk_bytes // max(per_image))
+def block_rows(images: np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Images hashed per block: as many as keep each of a block's arrays (its ingested
+    pixels, their thumbnails) within `chunk_bytes`; at least one. The views are made a
+    shard at a time."""
+    per_image = max(images.dtype.itemsize * math.prod(images.shape[1:]), THUMBNAIL_BYTES)
+    return max(1, chunk_bytes // per_image)
 
 
 def assign_splits(
@@ -166,7 +163,7 @@ def prepare(
     class_indices = {name: index for index, name in enumerate(classes)}
     mode = split_mode(manifest, settings)
     given = [row.given_split for row in manifest] if mode == "folders" else None
-    rows = block_rows(interim.images, settings, chunk_bytes)
+    rows = block_rows(interim.images, chunk_bytes)
     pairs = near_duplicates_of(interim, rows, settings.near_duplicate_distance, cache)
     groups = group_of(len(manifest), pairs)
     splits, natural = assign_splits([row.sha256 for row in manifest], groups, settings, given)

@@ -127,7 +127,7 @@ class Interim:
 class Split:
     """One split's model inputs and labels. Consumers rely only on what an array-like
     reader gives (len, .shape, .dtype, indexing by a sorted array of row numbers,
-    np.asarray), never on the files behind it, which read_split and write_split know."""
+    np.asarray), never on the files behind it, which read_split and write_processed know."""
 
     views: list[np.ndarray]  # one (N, H, W, C) uint8 array per prepare.views entry
     labels: np.ndarray  # (N, 1) 0/1 for binary labels, else (N, K) one-hot; float32

@@ -1,8 +1,8 @@
 """Train: fit the model named in params on the prepared arrays, logging with dvclive.
 
 Only Keras 3 APIs: the same code runs on any Keras backend (KERAS_BACKEND; the
-tests train on tensorflow, jax and torch). Batches are read from the memory-mapped
-arrays as training goes, so a data set larger than memory trains too.
+tests train on tensorflow, jax and torch). Batches are read from the prepared shards
+as training goes, so a data set larger than memory trains too.
 """
 
 import contextlib
