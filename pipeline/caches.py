@@ -74,7 +74,10 @@ def connect(path: Path, kind: Kind, schema: str) -> sqlite3.Connection:
     a file there that is not an imgpipe cache is refused (NotOurs)."""
     claim(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
     connection = sqlite3.connect(path, timeout=60)
+    if new:  # set before any table, or never: the pages rows free can leave the file
+        connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
     connection.executescript(schema)
     if connection.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
         connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
@@ -134,9 +137,9 @@ def set_aside(path: Path) -> Path:
             return aside
 
 
-def select_in(connection: sqlite3.Connection, query: str, key: str, values: list[str]):
-    """The rows of `query` (its WHERE clause ending "IN ({})") for `key` and each of
-    `values`: one query per batch of 500, not per value."""
+def execute_in(connection: sqlite3.Connection, query: str, key: str, values: list[str]):
+    """Run `query` (its WHERE clause ending "IN ({})") for `key` and each of `values`, one
+    statement per batch of 500, not per value; yields the rows it gives."""
     for start in range(0, len(values), 500):
         batch = values[start : start + 500]
         yield from connection.execute(query.format(", ".join("?" * len(batch))), (key, *batch))

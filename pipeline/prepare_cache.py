@@ -61,7 +61,7 @@ class PrepareCache:
         if self.connection is None:
             return {}
         query = "SELECT sha256, hash FROM perceptual_hashes WHERE settings = ? AND sha256 IN ({})"
-        return dict(caches.select_in(self.connection, query, self.key, shas))
+        return dict(caches.execute_in(self.connection, query, self.key, shas))
 
     def keep_hashes(self, shas: list[str], hashes: np.ndarray) -> None:
         if self.connection is None:

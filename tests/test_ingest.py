@@ -4,6 +4,7 @@ import contextlib
 import faulthandler
 import hashlib
 import io
+import math
 import multiprocessing
 import os
 import resource
@@ -27,7 +28,7 @@ from pipeline.ingest import decode as decoding
 from pipeline.ingest import scan as scanning
 from pipeline.ingest import summary as summaries
 from pipeline.ingest import workers as pool
-from pipeline.ingest.cache import DecodeCache
+from pipeline.ingest.cache import DecodeCache, kept_folder
 from pipeline.params import Ingest
 from tests.conftest import (
     BIN,
@@ -585,7 +586,7 @@ SLOW_DECODING = """
 import sys, time
 from pathlib import Path
 from pipeline.ingest import decode, workers
-from pipeline.ingest.cache import DecodeCache
+from pipeline.ingest.cache import DecodeCache, kept_folder
 from pipeline.params import load_params
 
 real = decode.decode_image
@@ -742,6 +743,28 @@ def test_the_cache_is_keyed_by_settings_and_safe_to_delete(tmp_path, counted_dec
     assert snapshot(tmp_path / "rebuilt") == snapshot(tmp_path / "gray")
 
 
+def test_switching_settings_back_decodes_nothing(tmp_path, counted_decodes):
+    raw = make_dataset(tmp_path / "raw", per_class=4)
+    cache = tmp_path / "cache.sqlite"
+    ingest.run(raw, tmp_path / "gray", GRAY, cache_path=cache)
+    ingest.run(raw, tmp_path / "rgb", RGB, cache_path=cache)
+    counted_decodes.clear()
+    ingest.run(raw, tmp_path / "gray again", GRAY, cache_path=cache)
+    assert counted_decodes == []  # each settings' images are kept, not only the last's
+    assert snapshot(tmp_path / "gray again") == snapshot(tmp_path / "gray")
+
+
+def test_the_kept_shards_are_the_caches_one_copy_of_the_pixels(tmp_path):
+    raw = make_dataset(tmp_path / "raw", per_class=10)
+    cache = tmp_path / "cache.sqlite"
+    large = settings(color_mode="rgb", image_size=[96, 96])
+    interim = ingest.run(raw, tmp_path / "out", large, cache_path=cache)
+    pixels = interim.images.shape[0] * math.prod(interim.images.shape[1:])  # 830 KB
+    assert cache.stat().st_size < pixels / 4  # not in SQLite too: facts and hashes only
+    kept = kept_folder(cache, decoding.settings_key(large))
+    assert sum(path.stat().st_size for path in kept.iterdir()) > pixels
+
+
 def test_a_changed_file_is_decoded_again(tmp_path, counted_decodes):
     raw = make_dataset(tmp_path / "raw", per_class=4)
     cache = tmp_path / "cache.sqlite"
@@ -770,7 +793,7 @@ def test_a_rerun_links_the_kept_shards_of_unchanged_images_instead_of_writing_th
     raw = make_dataset(tmp_path / "raw", per_class=6)
     cache = tmp_path / "cache.sqlite"
     ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
-    kept, first = cache.with_suffix(".images"), tmp_path / "first" / "images"
+    kept, first = kept_folder(cache, decoding.settings_key(GRAY)), tmp_path / "first" / "images"
     assert len(_linked(first, kept)) == len(list(first.iterdir())) >= len(CLASS_LEVELS)
 
     ingest.run(raw, tmp_path / "again", GRAY, cache_path=cache)
@@ -874,12 +897,12 @@ def test_a_cache_on_a_read_only_file_system_is_a_warning_and_the_run_goes_on(
     assert "--no-cache" in warning and "IMGPIPE_DECODE_CACHE" in warning
 
 
-def test_a_kept_shard_edited_or_deleted_is_not_trusted(tmp_path):
+def test_a_kept_shard_edited_or_deleted_is_not_trusted(tmp_path, counted_decodes):
     raw = make_dataset(tmp_path / "raw", per_class=4)
     cache = tmp_path / "cache.sqlite"
     ingest.run(raw, tmp_path / "first", GRAY, cache_path=cache)
     first = snapshot(tmp_path / "first")  # read now: the kept shards are the same files
-    kept = sorted(cache.with_suffix(".images").iterdir())[1]
+    kept = sorted(kept_folder(cache, decoding.settings_key(GRAY)).iterdir())[1]
     with kept.open("r+b") as file:  # edited in place, as `np.load(mmap_mode="r+")` could
         file.seek(-16, os.SEEK_END)
         file.write(bytes(16))
@@ -888,8 +911,11 @@ def test_a_kept_shard_edited_or_deleted_is_not_trusted(tmp_path):
     ingest.run(raw, tmp_path / "edited", GRAY, cache_path=cache)
     assert snapshot(tmp_path / "edited") == first
     kept.unlink()
+    counted_decodes.clear()
     ingest.run(raw, tmp_path / "deleted", GRAY, cache_path=cache)
     assert snapshot(tmp_path / "deleted") == first
+    # Only the images of the shard that went are decoded again; the other shards serve.
+    assert len(counted_decodes) == np.load(tmp_path / "first" / "images" / kept.name).shape[0]
 
 
 def peak_rss_of_ingest(folder: Path, count: int) -> int:

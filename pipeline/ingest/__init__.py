@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline import caches, files, store
 from pipeline.errors import PipelineError
 from pipeline.ingest import scan as scanning
-from pipeline.ingest.cache import DECODE, DecodeCache, Kept
+from pipeline.ingest.cache import DECODE, DecodeCache, Kept, in_kept_shard
 from pipeline.ingest.decode import Decoded, settings_key
 from pipeline.ingest.pixels import Spill
 from pipeline.ingest.verdicts import decide
@@ -89,7 +89,7 @@ def _verdicts(
         results = {path: hits[known[path]] for path in absolute if known.get(path) in hits}
         todo = [path for path in absolute if path not in results]
         if todo:
-            results |= _decode_new(todo, settings, cache, workers, spill)
+            results |= _decode_new(todo, settings, cache, workers, spill, kept)
         cache.remember_hashes(
             (path, signatures[path], results[path].sha256)
             for path in absolute
@@ -101,17 +101,32 @@ def _verdicts(
 
 
 def _decode_new(
-    todo: list[str], settings: Ingest, cache: DecodeCache, workers: int, spill: Spill
+    todo: list[str],
+    settings: Ingest,
+    cache: DecodeCache,
+    workers: int,
+    spill: Spill,
+    kept: Kept | None,
 ) -> dict[str, Decoded]:
     """Decode the files the stat signatures did not vouch for, with a progress bar; their
-    pixels go to `spill` (and, a commit at a time, to the cache)."""
+    pixels go to `spill` (and, a commit at a time, to the cache). A file whose content the
+    cache holds in a kept shard (touched, renamed) is taken from `kept`, or decoded again
+    when that shard is no longer trusted."""
     from tqdm import tqdm  # only runs that decode pay for importing it
 
-    results, fresh, waiting = {}, [], 0
+    in_kept = {result.sha256: result for result in kept.results} if kept else {}
+    results, fresh, waiting, again = {}, [], 0, []
     decoded = decode_in_workers([Path(p) for p in todo], settings, cache, workers)
     committed = time.monotonic()
     with tqdm(total=len(todo), desc="ingest", unit="img", disable=None) as progress:
         for path, result in zip(todo, decoded, strict=True):
+            if in_kept_shard(result):
+                if result.sha256 in in_kept:
+                    results[path] = in_kept[result.sha256]
+                else:
+                    again.append(path)
+                progress.update()
+                continue
             if result.sha256 and cache.path is not None:  # quarantined ones too, with reasons
                 fresh.append(result)
                 waiting += len(result.pixels or b"")
@@ -127,4 +142,7 @@ def _decode_new(
                 committed, waiting = time.monotonic(), 0
             progress.update()
     cache.store(fresh)
+    if again:  # decoded this time without asking the cache; kept again when the run ends
+        uncached = DecodeCache(None, cache.settings_key)
+        results |= _decode_new(again, settings, uncached, workers, spill, None)
     return results

@@ -223,7 +223,8 @@ def decode_bytes(data: bytes, settings: Ingest, sha256: str | None = None) -> De
 
 
 def decode_file(path: Path, settings: Ingest, cache: "DecodeCache") -> Decoded:
-    """Read one file and decode it, unless the cache already holds that content."""
+    """Read one file and decode it, unless the cache already holds that content (as
+    DecodeCache.cached gives it)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # opening a named pipe waits for a writer
             return Decoded("", None, reason=NOT_REGULAR)
@@ -233,7 +234,7 @@ def decode_file(path: Path, settings: Ingest, cache: "DecodeCache") -> Decoded:
     except MemoryError:  # e.g. under `ulimit -v`; without a limit the OOM killer acts
         return Decoded("", None, reason=TOO_LARGE)
     sha256 = hashlib.sha256(data).hexdigest()
-    hit = cache.lookup([sha256]).get(sha256)
+    hit = cache.cached(sha256)
     return hit if hit is not None else decode_bytes(data, settings, sha256)
 
 
