@@ -685,7 +685,7 @@ def test_a_cache_made_before_caches_were_marked_is_still_used(tmp_path):
     assert first.exit_code == 0, first.output
     with contextlib.closing(sqlite3.connect(cache)) as database, database:
         database.execute("PRAGMA application_id = 0")  # as every cache was before the mark,
-        database.execute("ALTER TABLE kept_shards RENAME TO kept_array")  # with its tables
+        database.execute("ALTER TABLE kept_sets RENAME TO kept_array")  # with its tables
     result = invoke("ingest", "--raw", raw, "--out", tmp_path / "again", "--cache", cache)
     assert result.exit_code == 0, result.output
     with contextlib.closing(sqlite3.connect(cache)) as database:
