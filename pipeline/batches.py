@@ -8,6 +8,19 @@ import numpy as np
 
 from pipeline import store
 
+# A batch predicted at once holds its inputs as float32 and, inside the model, activations
+# tens of times larger (42 times at 224x224 RGB after sequential's first convolution): as
+# many images as keep a batch's float inputs within this, and at most 256, plenty for small
+# images. At 224x224 RGB 27 images, whose activations stay within a few hundred MiB.
+INFERENCE_INPUT_BYTES = 16 << 20
+INFERENCE_BATCH = 256
+
+
+def inference_batch_size(split: store.Split, inputs: int) -> int:
+    """Images per batch when a model predicts the first `inputs` views of `split`."""
+    per_image = sum(4 * math.prod(view.shape[1:]) for view in split.views[:inputs])
+    return max(1, min(INFERENCE_BATCH, INFERENCE_INPUT_BYTES // per_image))
+
 
 class Batches(keras.utils.PyDataset):
     """Batches of one split: one pass in order, or, with a seed, training batches for ever.

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from pipeline import figures, files, model_record, store
-from pipeline.batches import Batches
+from pipeline.batches import Batches, inference_batch_size
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import loss_for
 
@@ -141,7 +141,8 @@ def evaluate(
     The tracked metrics are the few that people compare across experiments (a line of
     `dvc metrics show` stays short whatever the number of classes); per-class scores
     go to a table of their own."""
-    batches = Batches(test, len(model.inputs), batch_size=256)
+    inputs = len(model.inputs)
+    batches = Batches(test, inputs, batch_size=inference_batch_size(test, inputs))
     predictions = model.predict(batches, verbose=0)
     labels = np.asarray(test.labels)
     # The training loss on these predictions is what model.evaluate would report, without

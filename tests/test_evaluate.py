@@ -9,6 +9,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.transforms import Bbox
 from PIL import Image
 
+from pipeline.batches import INFERENCE_INPUT_BYTES, inference_batch_size
 from pipeline.evaluate import (
     class_indices_of,
     confusion_counts,
@@ -128,3 +129,14 @@ def test_loss_and_accuracy_are_what_model_evaluate_reports(classes):
     assert metrics["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert metrics["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
     assert len(rows) == 300
+
+
+def test_large_images_are_predicted_in_batches_of_bounded_bytes():
+    def batch(*shape: int) -> int:
+        split = Split([np.zeros((1, *shape), np.uint8)], np.zeros((1, 2), np.float32))
+        return inference_batch_size(split, 1)
+
+    assert batch(64, 64, 1) == 256  # small images: the usual batch
+    large = batch(224, 224, 3)  # 256 of these were 154 MB of float inputs, 3.2 GB of RSS
+    assert 1 <= large < 256 and large * 224 * 224 * 3 * 4 <= INFERENCE_INPUT_BYTES
+    assert batch(1024, 1024, 3) == 1
