@@ -25,7 +25,8 @@ their sum):
   hashes of the ingested images (prepare prints no time for it); the search only.
 
 Then, each time from the same pushed state (git reset; the DVC cache and the remote put
-back from hard-linked copies; `dvc checkout`), 1% new photos are added one of three ways:
+back from hard-linked copies; `dvc checkout`), 1% new photos are added each of three ways
+(or those --patterns names):
 
 - appended:   named after every file of their class folder;
 - random:     each beside a random existing file, named to sort right after it;
@@ -333,7 +334,8 @@ def measure(count: int, args: argparse.Namespace) -> None:
         sizes = usage(repo.root / "data" / "raw"), arrays(repo)
         new = max(1, count // 100)
         growths, added = {}, []
-        for index, (name, pattern) in enumerate(PATTERNS.items()):
+        for index, name in enumerate(args.patterns):
+            pattern = PATTERNS[name]
             if index:
                 restore(repo, base, added)
             staging = scratch / f"new-{name}"
@@ -341,7 +343,8 @@ def measure(count: int, args: argparse.Namespace) -> None:
                             count + index * new)  # fmt: skip
             growths[name] = grow(repo)
     print_stages(count, args, rows, sizes, pushed)
-    print_growth(new, growths)
+    if growths:
+        print_growth(new, growths)
 
 
 def print_stages(count: int, args, rows, sizes: tuple[Usage, Usage], pushed: Usage) -> None:
@@ -394,6 +397,8 @@ def main() -> None:
                         help="WIDTHxHEIGHT of the generated photos")  # fmt: skip
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--predict", type=int, default=1000, help="raw files to predict")
+    parser.add_argument("--patterns", nargs="*", choices=list(PATTERNS), default=list(PATTERNS),
+                        help="ways of adding 1%% to measure; none: the stages only")  # fmt: skip
     parser.add_argument(
         "--work",
         type=Path,
