@@ -158,7 +158,7 @@ def test_near_duplicate_pairs_are_exactly_the_close_pairs_of_real_perceptual_has
     originals = [photo_like(i) for i in range(200)]
     images = originals + [_resized_reencoded(image) for image in originals[::4]]
     pixels = np.stack([np.asarray(image.convert("RGB").resize((64, 64))) for image in images])
-    hashes = near_duplicates.perceptual_hashes(pixels, rows=64)
+    hashes = near_duplicates.descriptors(pixels, rows=64).hashes[:, 0]
     for max_distance in (0, 16, 24, 96):
         pairs = near_duplicates.near_duplicate_pairs(hashes, max_distance, block=32)
         assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
@@ -173,18 +173,19 @@ def test_near_duplicate_pairs_are_exactly_the_close_pairs_of_trashnet_photos():
         with Image.open(file) as image:
             image.draft("RGB", (64, 64))
             pixels.append(np.asarray(image.convert("RGB").resize((64, 64))))
-    hashes = near_duplicates.perceptual_hashes(np.stack(pixels), rows=128)
+    hashes = near_duplicates.descriptors(np.stack(pixels), rows=128).hashes[:, 0]
     for max_distance in (24, 80, 110):
         pairs = near_duplicates.near_duplicate_pairs(hashes, max_distance, block=128)
         assert list(map(tuple, pairs.tolist())) == all_close_pairs(hashes, max_distance)
     assert len(pairs) > 1000  # these photos have no copies: only far thresholds pair them
 
 
-def test_perceptual_hashes_do_not_depend_on_how_many_images_a_block_holds():
+def test_descriptors_do_not_depend_on_how_many_images_a_block_holds():
     images = noise_interim(20).images
-    whole = near_duplicates.perceptual_hashes(images, rows=20)
+    whole = near_duplicates.descriptors(images, rows=20)
     for rows in (1, 7):
-        np.testing.assert_array_equal(near_duplicates.perceptual_hashes(images, rows), whole)
+        for part, expected in zip(near_duplicates.descriptors(images, rows), whole, strict=True):
+            np.testing.assert_array_equal(part, expected)
 
 
 def test_the_leakage_metric_counts_pairs_split_apart():
