@@ -7,8 +7,9 @@ Two images are near-duplicates when
   resizing, re-encoding, blur, noise and brightness, but not a flip or a crop, which
   move every frequency; or
 - both are low-detail (their 8x8 thumbnails' grey levels spread by at most LOW_DETAIL:
-  smooth, nearly uniform), where a hash's bits are noise, and their 8x8 thumbnails are
-  within LOW_DETAIL_RMS grey levels (root mean square) of each other.
+  smooth, nearly uniform) and their 8x8 thumbnails are within LOW_DETAIL_RMS grey levels
+  (root mean square) of each other. A low-detail image's hash is not used: its bits are
+  noise, which parts copies and joins different smooth images alike.
 
 The descriptors are made a block of images at a time, so memory stays that of a block,
 and keep 3 x 32 bytes of hashes and 64 of thumbnail an image. The pairs are found by
@@ -143,9 +144,7 @@ def near_duplicate_pairs(
         queries = codes[starts[row] : starts[row] + block, 0 if column >= row else 1 :]
         found = _close_images(indexes[column], queries, max_distance)
         pairs.append(found + [starts[row], starts[column]])
-    if thumbnails is not None:
-        pairs.append(low_detail_pairs(thumbnails))
-    return _sorted_pairs(np.concatenate(pairs))
+    return _sorted_pairs(_with_low_detail(np.concatenate(pairs), thumbnails))
 
 
 def near_duplicate_pairs_given(
@@ -165,10 +164,17 @@ def near_duplicate_pairs_given(
         return np.empty((0, 2), np.int64)
     if 2 * len(new) >= len(hashes):
         return near_duplicate_pairs(hashes, max_distance, block, thumbnails)
-    pairs = [known, _pairs_with(hashes, new, max_distance, block)]
-    if thumbnails is not None:
-        pairs.append(low_detail_pairs(thumbnails, new))
-    return _sorted_pairs(np.concatenate(pairs))
+    found = _with_low_detail(_pairs_with(hashes, new, max_distance, block), thumbnails, new)
+    return _sorted_pairs(np.concatenate([known, found]))
+
+
+def _with_low_detail(pairs: np.ndarray, thumbnails: np.ndarray | None, new=None) -> np.ndarray:
+    """The pairs by hash of two images that are not low-detail, and those by thumbnail of
+    low-detail images of which one is in `new` (None: any)."""
+    if thumbnails is None:
+        return pairs
+    low = low_detail(thumbnails)
+    return np.concatenate([pairs[~low[pairs].any(axis=1)], low_detail_pairs(thumbnails, new)])
 
 
 def _pairs_with(hashes: np.ndarray, new: np.ndarray, max_distance: int, block: int):
@@ -197,7 +203,7 @@ def low_detail_pairs(thumbnails: np.ndarray, new: np.ndarray | None = None) -> n
     levels, of which one is in `new` (sorted rows; None: any). Exact, with faiss's flat L2
     index on all cores: time grows as L x L (or new x L) x THUMBNAIL_SIDE^2 for the L
     low-detail images, memory as L."""
-    low = np.flatnonzero(thumbnails.std(axis=1) <= LOW_DETAIL)
+    low = np.flatnonzero(low_detail(thumbnails))
     queries = low if new is None else np.intersect1d(low, new)
     if not len(queries):
         return np.empty((0, 2), np.int64)
@@ -210,6 +216,12 @@ def low_detail_pairs(thumbnails: np.ndarray, new: np.ndarray | None = None) -> n
     radius = LOW_DETAIL_RMS**2 * levels.shape[1] + 0.5  # range_search keeps below the radius
     limits, _, rows = index.range_search(levels[queries], radius)
     return np.stack([np.repeat(queries, np.diff(limits.astype(np.int64))), low[rows]], axis=1)
+
+
+def low_detail(thumbnails: np.ndarray) -> np.ndarray:
+    """(N,) bool: which images are low-detail, their thumbnails' levels spread within
+    LOW_DETAIL."""
+    return thumbnails.std(axis=1) <= LOW_DETAIL
 
 
 def _sorted_pairs(pairs: np.ndarray) -> np.ndarray:
