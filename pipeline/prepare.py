@@ -257,9 +257,8 @@ def _report(rows, classes, pairs, sizes: Counter, leaked: np.ndarray, conflicts)
 def split_warnings(report: dict, classes: list[str], settings: Prepare) -> list[str]:
     """What a user should know about the realised split: classes with no training image;
     near-duplicates that given split folders put in two splits; near-duplicates in two
-    classes; with the hash split,
-    splits more than SPLIT_TOLERANCE away from their asked fraction because near-duplicate
-    groups moved together."""
+    classes; with the hash split, splits more than SPLIT_TOLERANCE away from their asked
+    fraction because near-duplicate groups moved together."""
     sizes = report["splits"]
     warnings = [
         f"class '{name}' has no image in train ({sizes['val'][name]} in val, "
