@@ -4,9 +4,9 @@ re-run describes only the images it has not seen and searches only those against
 rest.
 
 One SQLite file, made and guarded as pipeline/caches.py says; deleted, the next run
-hashes and searches everything again. A hash is a function of the ingested pixels,
-which are one of the file's bytes (its sha256) and of the ingest settings: hashes are
-keyed by both, with the versions of the code that makes them, so a hit is exactly
+describes and searches everything again. Descriptors are a function of the ingested
+pixels, which are one of the file's bytes (its sha256) and of the ingest settings: they
+are keyed by both, with the versions of the code that makes them, so a hit is exactly
 what hashing would give. The settings are params.yaml's (dvc.yaml lists them for
 prepare): the cache trusts that they made the interim, as `dvc repro` ensures.
 
@@ -16,7 +16,7 @@ cache and searches only the other images, against all, which gives exactly the p
 of a full search, in its order (a full search it is when half the images are new).
 
 Work grows as: hashing O(new images), the search O(new images x N), memory O(N x
-near_duplicates.DESCRIPTOR_BYTES, 160 bytes) for the descriptors, plus each image's
+near_duplicates.DESCRIPTOR_BYTES, 128 bytes) for the descriptors, plus each image's
 sha256 and the pairs.
 """
 
@@ -34,10 +34,12 @@ PREPARE = caches.Kind("prepare", "prepare cache", "IMGPIPE_PREPARE_CACHE", "hash
 
 # An image's descriptors as its hashes' little-endian uint64, then its thumbnail's bytes
 # (near_duplicates.DESCRIPTOR_BYTES); members as their sha256, one a line; pairs
-# as little-endian int64 (i, j) rows of members, i < j.
+# as little-endian int64 (i, j) rows of members, i < j. perceptual_hashes held them
+# before, keyed by older PHASH_VERSIONs, so none of its rows would be read again: dropped.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS perceptual_hashes (
-    settings TEXT, sha256 TEXT, hash BLOB, PRIMARY KEY (settings, sha256)
+DROP TABLE IF EXISTS perceptual_hashes;
+CREATE TABLE IF NOT EXISTS descriptors (
+    settings TEXT, sha256 TEXT, descriptor BLOB, PRIMARY KEY (settings, sha256)
 );
 CREATE TABLE IF NOT EXISTS near_duplicate_pairs (
     settings TEXT, distance INT, members TEXT, pairs BLOB, PRIMARY KEY (settings, distance)
@@ -53,26 +55,26 @@ class CacheFile(NamedTuple):
 
 
 class PrepareCache:
-    """The hashes and pairs of one cache key; `path=None` keeps nothing."""
+    """The descriptors and pairs of one cache key; `path=None` keeps nothing."""
 
     def __init__(self, path: Path | None, key: str):
         self.key = key
         self.connection = None if path is None else caches.connect(path, PREPARE, SCHEMA)
 
-    def hashes(self, shas: list[str]) -> dict[str, bytes]:
+    def descriptors(self, shas: list[str]) -> dict[str, bytes]:
         """The kept descriptors of each of `shas` there are some of."""
         if self.connection is None:
             return {}
-        query = "SELECT sha256, hash FROM perceptual_hashes WHERE settings = ? AND sha256 IN ({})"
+        query = "SELECT sha256, descriptor FROM descriptors WHERE settings = ? AND sha256 IN ({})"
         return dict(caches.select_in(self.connection, query, self.key, shas))
 
-    def keep_hashes(self, shas: list[str], found: near_duplicates.Descriptors) -> None:
+    def keep_descriptors(self, shas: list[str], found: near_duplicates.Descriptors) -> None:
         if self.connection is None:
             return
         hashes = found.hashes.astype("<u8").reshape(len(shas), near_duplicates.VARIANTS * 4)
         with self.connection:
             self.connection.executemany(
-                "INSERT OR REPLACE INTO perceptual_hashes VALUES (?, ?, ?)",
+                "INSERT OR REPLACE INTO descriptors VALUES (?, ?, ?)",
                 [
                     (self.key, sha, row.tobytes() + thumbnail.tobytes())
                     for sha, row, thumbnail in zip(shas, hashes, found.thumbnails, strict=True)
@@ -136,7 +138,7 @@ def descriptors_of(
 ) -> near_duplicates.Descriptors:
     """Each image's descriptors, the cache's or made from its pixels (which alone are
     read) and kept."""
-    found = cache.hashes(shas)
+    found = cache.descriptors(shas)
     hit = np.array([sha in found for sha in shas], bool)
     todo = np.flatnonzero(~hit)
     kept = np.frombuffer(b"".join(found[sha] for sha in shas if sha in found), np.uint8)
@@ -152,7 +154,7 @@ def descriptors_of(
     result.thumbnails[hit] = kept[:, hash_bytes:]
     made = near_duplicates.descriptors(images, rows, todo)
     result.hashes[todo], result.thumbnails[todo] = made
-    cache.keep_hashes([shas[i] for i in todo], made)
+    cache.keep_descriptors([shas[i] for i in todo], made)
     return result
 
 
