@@ -15,8 +15,10 @@ A mirror-invariant hash rather than a hash of each image mirrored: one symmetric
 finds plain and flipped copies at once, where a mirrored hash costs N^2 distances more
 (every ordered pair). It separates distinct photos a little less (on trashnet and
 hymenoptera, median distance 116 bits against pHash's 126, 1st percentile 94 against
-106), which leaves the 24-bit default far from them: bench/README.md has the copies
-grouped and the false groups.
+106) and groups up to 0.7 points fewer copies of a kind (98.9% of 5% crops against
+99.6%), still grouping no distinct photo: bench/README.md has both, and a sign-canonical
+hash (odd frequencies signed by the largest one's) that flips half its bits wherever
+two odd coefficients nearly tie.
 
 The descriptors are made a block of images at a time, so memory stays that of a block,
 and keep 2 x 32 bytes of hashes and 64 of thumbnail an image. The pairs are found by
