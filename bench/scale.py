@@ -60,7 +60,7 @@ from pathlib import Path
 from bench.ingest import generate, image_files
 from pipeline import store
 from pipeline.cores import usable_cores
-from pipeline.near_duplicates import near_duplicate_pairs, perceptual_hashes
+from pipeline.near_duplicates import descriptors, near_duplicate_pairs
 from pipeline.params import load_params
 from pipeline.prepare import block_rows
 from tests.conftest import dvc_env, write_params
@@ -209,9 +209,10 @@ def near_duplicate_search(repo: Repo) -> tuple[int, float]:
     """(pairs, seconds) of prepare's near-duplicate search over the ingested images."""
     settings = load_params(repo.root / "params.yaml").prepare
     images = store.read_interim(repo.root / "data" / "interim").images
-    hashes = perceptual_hashes(images, block_rows(images))
+    found = descriptors(images, block_rows(images))
     start = time.perf_counter()
-    pairs = near_duplicate_pairs(hashes, settings.near_duplicate_distance)
+    distance = settings.near_duplicate_distance
+    pairs = near_duplicate_pairs(found.hashes, distance, thumbnails=found.thumbnails)
     return len(pairs), time.perf_counter() - start
 
 

@@ -2,10 +2,12 @@
 
 Each image's split is decided by a hash of its content and `prepare.split_salt`,
 so adding or removing other images never moves it. Near-duplicates (the same
-photo re-encoded, resized or lightly cropped, found by perceptual hash) form a
-group that always lands in one split: the most test-ward split of its members,
-so an image that gains a near-duplicate can only move toward test, never back
-into train.
+photo re-encoded, resized, blurred, brightened, flipped or cropped: see
+pipeline/near_duplicates.py) form a group that always lands in one split: the most
+test-ward split of its members, so an image that gains a near-duplicate can only
+move toward test, never back into train. Near-duplicates in two classes are
+conflicts, as ingest calls the same bytes in two classes: reported with both paths
+and warned about.
 
 With split folders (data/raw/train/, val/, test/, which ingest records as each
 image's given split) and `prepare.split: folders` (what auto picks for them), every
@@ -107,6 +109,12 @@ def leaks(pairs: np.ndarray, splits: list[str]) -> np.ndarray:
     return pairs[np.array([splits[i] != splits[j] for i, j in pairs], bool)]
 
 
+def across_classes(pairs: np.ndarray, labels: list[str]) -> np.ndarray:
+    """(C, 2): the near-duplicate pairs whose two images are filed under different
+    classes, so that one label at least is wrong."""
+    return pairs[np.array([labels[i] != labels[j] for i, j in pairs], bool)]
+
+
 def encode_labels(indices: np.ndarray, num_classes: int, label_mode: str) -> np.ndarray:
     """(N,) class indices -> (N, 1) 0/1 for binary, else (N, K) one-hot float32."""
     if label_mode == "auto":
@@ -186,7 +194,8 @@ def prepare(
         )
         for row, split, first, group in zip(manifest, splits, natural, groups, strict=True)
     ]
-    report = _report(rows, classes, pairs, sizes, leaks(pairs, splits))
+    conflicts = across_classes(pairs, [row.label for row in manifest])
+    report = _report(rows, classes, pairs, sizes, leaks(pairs, splits), conflicts)
     report["split"] = {"mode": mode, "given": sorted(set(given or []), key=store.SPLITS.index)}
     report["warnings"] = split_warnings(report, classes, settings)
     return store.Processed(class_indices, rows, labels, report)
@@ -220,7 +229,7 @@ def _empty_split(name: str, splits, natural, settings: Prepare, given) -> str:
     )
 
 
-def _report(rows, classes, pairs, sizes: Counter, leaked: np.ndarray) -> dict:
+def _report(rows, classes, pairs, sizes: Counter, leaked: np.ndarray, conflicts) -> dict:
     counts = Counter((row.split, row.label) for row in rows)
     return {
         "splits": {
@@ -237,15 +246,19 @@ def _report(rows, classes, pairs, sizes: Counter, leaked: np.ndarray) -> dict:
             "leaking_pairs": [
                 [rows[i].path, rows[j].path] for i, j in leaked[:LISTED_LEAKS].tolist()
             ],
+            "conflicts": len(conflicts),
+            "conflicting_pairs": [
+                [rows[i].path, rows[j].path] for i, j in conflicts[:LISTED_LEAKS].tolist()
+            ],
         },
     }
 
 
 def split_warnings(report: dict, classes: list[str], settings: Prepare) -> list[str]:
     """What a user should know about the realised split: classes with no training image;
-    near-duplicates that given split folders put in two splits; with the hash split,
-    splits more than SPLIT_TOLERANCE away from their asked fraction because near-duplicate
-    groups moved together."""
+    near-duplicates that given split folders put in two splits; near-duplicates in two
+    classes; with the hash split, splits more than SPLIT_TOLERANCE away from their asked
+    fraction because near-duplicate groups moved together."""
     sizes = report["splits"]
     warnings = [
         f"class '{name}' has no image in train ({sizes['val'][name]} in val, "
@@ -262,6 +275,14 @@ def split_warnings(report: dict, classes: list[str], settings: Prepare) -> list[
             "trained on; move or remove one image of each pair (report.json lists them under "
             "near_duplicates.leaking_pairs, data/processed/splits/ by group), or set "
             "prepare.split: hash"
+        )
+    if near["conflicts"]:
+        first, second = near["conflicting_pairs"][0]
+        warnings.append(
+            f"{near['conflicts']} near-duplicate pairs are filed under two classes (first: "
+            f"{first} and {second}): the same photo with two labels, so one is wrong; keep "
+            "each photo in its right class folder and delete the other copy (report.json "
+            "lists them under near_duplicates.conflicting_pairs)"
         )
     if report["split"]["mode"] == "hash":  # given splits are as large as their folders
         warnings += _fraction_warnings(report, settings)
@@ -343,7 +364,8 @@ def summary(report: dict, classes: int, out: Path) -> str:
         f"prepare: {classes} classes; {sizes} -> {out}",
         f"  {_split_line(report['split'])}",
         f"  near-duplicates: {near['pairs']} pairs in {near['groups']} groups, "
-        f"{near['moved']} images moved with their group, leakage {near['leakage']}",
+        f"{near['moved']} images moved with their group, leakage {near['leakage']}, "
+        f"{near['conflicts']} across classes",
         *(f"warning: {warning}" for warning in report["warnings"]),
     ]
     return "\n".join(lines)

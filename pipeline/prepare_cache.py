@@ -1,11 +1,12 @@
-"""Prepare's cache: each image's perceptual hash and the near-duplicate pairs, kept by the
-image's content hash, so that a re-run hashes only the images it has not seen and
-searches only those against the rest.
+"""Prepare's cache: each image's near-duplicate descriptors (perceptual hashes and
+thumbnail) and the near-duplicate pairs, kept by the image's content hash, so that a
+re-run describes only the images it has not seen and searches only those against the
+rest.
 
 One SQLite file, made and guarded as pipeline/caches.py says; deleted, the next run
-hashes and searches everything again. A hash is a function of the ingested pixels,
-which are one of the file's bytes (its sha256) and of the ingest settings: hashes are
-keyed by both, with the versions of the code that makes them, so a hit is exactly
+describes and searches everything again. Descriptors are a function of the ingested
+pixels, which are one of the file's bytes (its sha256) and of the ingest settings: they
+are keyed by both, with the versions of the code that makes them, so a hit is exactly
 what hashing would give. The settings are params.yaml's (dvc.yaml lists them for
 prepare): the cache trusts that they made the interim, as `dvc repro` ensures.
 
@@ -14,8 +15,9 @@ sha256, "members"): a run takes the pairs among the members still there from the
 cache and searches only the other images, against all, which gives exactly the pairs
 of a full search, in its order (a full search it is when half the images are new).
 
-Work grows as: hashing O(new images), the search O(new images x N), memory O(N x 32
-bytes) for the hashes, plus each image's sha256 and the pairs.
+Work grows as: hashing O(new images), the search O(new images x N), memory O(N x
+near_duplicates.DESCRIPTOR_BYTES, 128 bytes) for the descriptors, plus each image's
+sha256 and the pairs.
 """
 
 import contextlib
@@ -30,11 +32,14 @@ from pipeline.params import Ingest
 
 PREPARE = caches.Kind("prepare", "prepare cache", "IMGPIPE_PREPARE_CACHE", "hashing every image")
 
-# A hash as 4 little-endian uint64 (32 bytes); members as their sha256, one a line; pairs
-# as little-endian int64 (i, j) rows of members, i < j.
+# An image's descriptors as its hashes' little-endian uint64, then its thumbnail's bytes
+# (near_duplicates.DESCRIPTOR_BYTES); members as their sha256, one a line; pairs
+# as little-endian int64 (i, j) rows of members, i < j. perceptual_hashes held them
+# before, keyed by older PHASH_VERSIONs, so none of its rows would be read again: dropped.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS perceptual_hashes (
-    settings TEXT, sha256 TEXT, hash BLOB, PRIMARY KEY (settings, sha256)
+DROP TABLE IF EXISTS perceptual_hashes;
+CREATE TABLE IF NOT EXISTS descriptors (
+    settings TEXT, sha256 TEXT, descriptor BLOB, PRIMARY KEY (settings, sha256)
 );
 CREATE TABLE IF NOT EXISTS near_duplicate_pairs (
     settings TEXT, distance INT, members TEXT, pairs BLOB, PRIMARY KEY (settings, distance)
@@ -50,28 +55,29 @@ class CacheFile(NamedTuple):
 
 
 class PrepareCache:
-    """The hashes and pairs of one cache key; `path=None` keeps nothing."""
+    """The descriptors and pairs of one cache key; `path=None` keeps nothing."""
 
     def __init__(self, path: Path | None, key: str):
         self.key = key
         self.connection = None if path is None else caches.connect(path, PREPARE, SCHEMA)
 
-    def hashes(self, shas: list[str]) -> dict[str, bytes]:
-        """The kept hash of each of `shas` there is one of."""
+    def descriptors(self, shas: list[str]) -> dict[str, bytes]:
+        """The kept descriptors of each of `shas` there are some of."""
         if self.connection is None:
             return {}
-        query = "SELECT sha256, hash FROM perceptual_hashes WHERE settings = ? AND sha256 IN ({})"
+        query = "SELECT sha256, descriptor FROM descriptors WHERE settings = ? AND sha256 IN ({})"
         return dict(caches.execute_in(self.connection, query, self.key, shas))
 
-    def keep_hashes(self, shas: list[str], hashes: np.ndarray) -> None:
+    def keep_descriptors(self, shas: list[str], found: near_duplicates.Descriptors) -> None:
         if self.connection is None:
             return
+        hashes = found.hashes.astype("<u8").reshape(len(shas), near_duplicates.VARIANTS * 4)
         with self.connection:
             self.connection.executemany(
-                "INSERT OR REPLACE INTO perceptual_hashes VALUES (?, ?, ?)",
+                "INSERT OR REPLACE INTO descriptors VALUES (?, ?, ?)",
                 [
-                    (self.key, sha, row.tobytes())
-                    for sha, row in zip(shas, hashes.astype("<u8"), strict=True)
+                    (self.key, sha, row.tobytes() + thumbnail.tobytes())
+                    for sha, row, thumbnail in zip(shas, hashes, found.thumbnails, strict=True)
                 ],
             )
 
@@ -104,7 +110,7 @@ class PrepareCache:
 
 
 def cache_key(ingest: Ingest) -> str:
-    """Everything but the file's bytes that decides an image's perceptual hash."""
+    """Everything but the file's bytes that decides an image's descriptors."""
     phash = f"phash={near_duplicates.PHASH_VERSION} numpy={np.__version__}"
     return f"{settings_key(ingest)} {phash}"
 
@@ -112,8 +118,8 @@ def cache_key(ingest: Ingest) -> str:
 def near_duplicates_of(
     interim: store.Interim, rows: int, max_distance: int, cache: CacheFile | None
 ) -> np.ndarray:
-    """near_duplicates.near_duplicate_pairs(perceptual_hashes(interim.images, rows),
-    max_distance), from the cache where it can."""
+    """near_duplicates.near_duplicate_pairs of descriptors(interim.images, rows) within
+    max_distance, from the cache where it can."""
     if max_distance < 0:  # off: no hash is needed
         return np.empty((0, 2), np.int64)
     images, shas = interim.images, [row.sha256 for row in interim.manifest]
@@ -121,36 +127,53 @@ def near_duplicates_of(
 
     def work(path: Path | None) -> np.ndarray:
         with contextlib.closing(PrepareCache(path, key)) as kept:
-            return pairs_of(hashes_of(images, shas, rows, kept), shas, max_distance, kept)
+            found = descriptors_of(images, shas, rows, kept)
+            return pairs_of(found.hashes, shas, max_distance, kept, found.thumbnails)
 
     return caches.use(path, PREPARE, work)
 
 
-def hashes_of(images: np.ndarray, shas: list[str], rows: int, cache: PrepareCache) -> np.ndarray:
-    """(N, 4) uint64: each image's perceptual hash, the cache's or made from its pixels
-    (which alone are read) and kept."""
-    found = cache.hashes(shas)
+def descriptors_of(
+    images: np.ndarray, shas: list[str], rows: int, cache: PrepareCache
+) -> near_duplicates.Descriptors:
+    """Each image's descriptors, the cache's or made from its pixels (which alone are
+    read) and kept."""
+    found = cache.descriptors(shas)
     hit = np.array([sha in found for sha in shas], bool)
     todo = np.flatnonzero(~hit)
-    result = np.empty((len(shas), 4), np.uint64)
-    result[hit] = np.frombuffer(
-        b"".join(found[sha] for sha in shas if sha in found), "<u8"
-    ).reshape(-1, 4)
-    result[todo] = near_duplicates.perceptual_hashes(images, rows, todo)
-    cache.keep_hashes([shas[i] for i in todo], result[todo])
+    kept = np.frombuffer(b"".join(found[sha] for sha in shas if sha in found), np.uint8)
+    kept = kept.reshape(-1, near_duplicates.DESCRIPTOR_BYTES)
+    hash_bytes = near_duplicates.VARIANTS * 32
+    result = near_duplicates.Descriptors(
+        np.empty((len(shas), near_duplicates.VARIANTS, 4), np.uint64),
+        np.empty((len(shas), near_duplicates.THUMBNAIL_SIDE**2), np.uint8),
+    )
+    result.hashes[hit] = (
+        kept[:, :hash_bytes].copy().view("<u8").reshape(-1, *result.hashes.shape[1:])
+    )
+    result.thumbnails[hit] = kept[:, hash_bytes:]
+    made = near_duplicates.descriptors(images, rows, todo)
+    result.hashes[todo], result.thumbnails[todo] = made
+    cache.keep_descriptors([shas[i] for i in todo], made)
     return result
 
 
 def pairs_of(
-    hashes: np.ndarray, shas: list[str], max_distance: int, cache: PrepareCache
+    hashes: np.ndarray,
+    shas: list[str],
+    max_distance: int,
+    cache: PrepareCache,
+    thumbnails: np.ndarray | None = None,
 ) -> np.ndarray:
-    """near_duplicates.near_duplicate_pairs(hashes, max_distance): the cache's pairs among
-    its members, and those of the other images searched against all; kept for the next
-    run."""
+    """near_duplicates.near_duplicate_pairs(hashes, max_distance, thumbnails=thumbnails):
+    the cache's pairs among its members, and those of the other images searched against
+    all; kept for the next run."""
     if len(set(shas)) < len(shas):  # two rows of one content hash, which ingest never makes
-        return near_duplicates.near_duplicate_pairs(hashes, max_distance)
+        return near_duplicates.near_duplicate_pairs(hashes, max_distance, thumbnails=thumbnails)
     known, new = _known(shas, cache.pairs(max_distance))
-    found = near_duplicates.near_duplicate_pairs_given(hashes, known, new, max_distance)
+    found = near_duplicates.near_duplicate_pairs_given(
+        hashes, known, new, max_distance, thumbnails=thumbnails
+    )
     cache.keep_pairs(max_distance, shas, found)
     return found
 

@@ -124,10 +124,10 @@ def hashed(monkeypatch) -> list[np.ndarray]:
 
     def spy(images):
         blocks.append(images)
-        return block_hashes(images)
+        return block_descriptors(images)
 
-    block_hashes = near_duplicates._block_hashes
-    monkeypatch.setattr(near_duplicates, "_block_hashes", spy)
+    block_descriptors = near_duplicates._block_descriptors
+    monkeypatch.setattr(near_duplicates, "_block_descriptors", spy)
     return blocks
 
 
