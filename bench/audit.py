@@ -6,10 +6,10 @@ For each data set (`demo`: the 5,000 MNIST digits of `imgpipe demo-data`; else a
 of class folders, one or two levels down), a copy in a temporary folder, as class folders
 of hard links (copies across file systems), has --flip of its images (5%) filed under
 another class drawn at random (seed --seed). `imgpipe ingest`, `prepare` and `audit` run
-on it at the repository's params.yaml (--epochs and --folds override train.epochs and
-audit.folds). Of the images prepared, the top-ranked share as large as --flip is taken
-from suspects.csv: precision is the share of it that was flipped, recall the share of
-the flipped images in it.
+on it at the repository's params.yaml, with any `-S section.key=value` set as
+`dvc exp run -S` sets it (the value read as YAML). Of the images prepared, the top-ranked
+share as large as --flip is taken from suspects.csv: precision is the share of it that
+was flipped, recall the share of the flipped images in it.
 """
 
 import argparse
@@ -65,18 +65,21 @@ def main() -> None:
     parser.add_argument("datasets", nargs="+", help="`demo`, or folders of class folders")
     parser.add_argument("--flip", type=float, default=0.05, help="share of labels flipped")
     parser.add_argument("--seed", type=int, default=0, help="which labels are flipped")
-    parser.add_argument("--epochs", type=int, help="[default: params.yaml's train.epochs]")
-    parser.add_argument("--folds", type=int, help="[default: params.yaml's audit.folds]")
+    parser.add_argument("-S", dest="changes", action="append", default=[],
+                        metavar="KEY=VALUE", help="a param changed from params.yaml's")  # fmt: skip
     args = parser.parse_args()
     settings = yaml.safe_load((REPO / "params.yaml").read_text())
-    if args.epochs:
-        settings["train"]["epochs"] = args.epochs
-    if args.folds:
-        settings["audit"]["folds"] = args.folds
+    for change in args.changes:
+        key, _, value = change.partition("=")
+        *sections, last = key.split(".")
+        target = settings
+        for section in sections:
+            target = target[section]
+        target[last] = yaml.safe_load(value)
     print(
         f"{settings['train']['model']}, {settings['train']['epochs']} epochs, "
         f"{settings['audit']['folds']} folds, ranked by {settings['audit']['rank_by']}, "
-        f"{args.flip:.0%} of labels flipped (seed {args.seed})\n"
+        f"{args.flip:.0%} of labels flipped (seed {args.seed}); {' '.join(args.changes)}\n"
     )
     print("| data set | images | flipped | suspects | top | precision | recall |")
     print("|---|---|---|---|---|---|---|")

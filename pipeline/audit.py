@@ -13,6 +13,7 @@ what one training holds (batches are read from the shard files as train reads th
 """
 
 import hashlib
+import logging
 from pathlib import Path
 
 import keras
@@ -59,6 +60,14 @@ def per_class(predictions: np.ndarray) -> np.ndarray:
     return predictions
 
 
+class _Retracing(logging.Filter):
+    """TensorFlow's warning that predict was traced again, from the fifth model on: each
+    fold's model is a new one, as meant."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "tf.function retracing" not in record.getMessage()
+
+
 def out_of_sample(images: store.Split, folds: np.ndarray, params: Params) -> np.ndarray:
     """(N, K) float64: each image's class probabilities from the model trained on every
     fold but its own."""
@@ -69,6 +78,7 @@ def out_of_sample(images: store.Split, folds: np.ndarray, params: Params) -> np.
             "group, or too few images): the audit needs images in two folds at least; add "
             "images, or lower prepare.near_duplicate_distance"
         )
+    logging.getLogger("tensorflow").addFilter(_Retracing())
     nothing = np.array([], np.int64)
     probabilities = np.zeros((len(folds), max(2, images.labels.shape[1])))
     for fold in range(count):
