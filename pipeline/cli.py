@@ -31,6 +31,13 @@ def _folder(exists: bool = True) -> click.Path:
     return click.Path(exists=exists, file_okay=False, path_type=Path)
 
 
+def _new_folder(flag: str, default: Path, help: str):
+    """An option naming a folder that need not exist (yet): the command makes it, or says
+    what is missing."""
+    return click.option(flag, type=_folder(exists=False), default=default, show_default=True,
+                        help=help)  # fmt: skip
+
+
 WORKERS = click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -85,19 +92,13 @@ def demo_data(folder: Path, force: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--raw",
-    type=_folder(exists=False),
-    default=RAW,
-    show_default=True,
-    help="Folder with one sub-folder of images per class, or train/, val/, test/ of those.",
+@_new_folder(
+    "--raw", RAW, "Folder with one sub-folder of images per class, or train/, val/, test/ of those."
 )
-@click.option(
+@_new_folder(
     "--out",
-    type=_folder(exists=False),
-    default=INTERIM,
-    show_default=True,
-    help="Where to write images/ and manifest/ (sharded), shards.csv, quarantine.csv, "
+    INTERIM,
+    "Where to write images/ and manifest/ (sharded), shards.csv, quarantine.csv, "
     "duplicates.csv, report.json.",
 )
 @WORKERS
@@ -140,19 +141,15 @@ def ingest(
 @click.option(
     "--interim", type=_folder(), default=INTERIM, show_default=True, help="The output of ingest."
 )
-@click.option(
+@_new_folder(
     "--out",
-    type=_folder(exists=False),
-    default=PROCESSED,
-    show_default=True,
-    help="Where to write each shard's splits, labels and views, shards.csv and labels.json.",
+    PROCESSED,
+    "Where to write each shard's splits, labels and views, shards.csv and labels.json.",
 )
-@click.option(
+@_new_folder(
     "--report-dir",
-    type=_folder(exists=False),
-    default=PREPARE_REPORT,
-    show_default=True,
-    help="Where to write report.json (split counts, near-duplicates) and the plots.",
+    PREPARE_REPORT,
+    "Where to write report.json (split counts, near-duplicates) and the plots.",
 )
 @cache_options(
     PREPARE_CACHE,
@@ -194,13 +191,7 @@ def prepare(
     show_default=True,
     help="Where to save the trained model (.keras).",
 )
-@click.option(
-    "--live-dir",
-    type=_folder(exists=False),
-    default=LIVE,
-    show_default=True,
-    help="dvclive folder for per-epoch metrics and plots.",
-)
+@_new_folder("--live-dir", LIVE, "dvclive folder for per-epoch metrics and plots.")
 @click.pass_context
 def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) -> None:
     """Train the CNN named by train.model (params: base.seed, train).
@@ -246,12 +237,10 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     help="The trained model.",
 )
 @PREPARED
-@click.option(
+@_new_folder(
     "--out",
-    type=_folder(exists=False),
-    default=EVALUATION,
-    show_default=True,
-    help="Where to write metrics.json, classes.csv, predictions.csv, the curves, the PNGs.",
+    EVALUATION,
+    "Where to write metrics.json, classes.csv, predictions.csv, the curves, the PNGs.",
 )
 @click.pass_context
 def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -> None:
@@ -279,13 +268,7 @@ def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -
 
 @cli.command()
 @PREPARED
-@click.option(
-    "--out",
-    type=_folder(exists=False),
-    default=AUDIT,
-    show_default=True,
-    help="Where to write suspects.csv and suspects.png.",
-)
+@_new_folder("--out", AUDIT, "Where to write suspects.csv and suspects.png.")
 @click.pass_context
 def audit(ctx: click.Context, processed: Path, out: Path) -> None:
     """Rank the images whose labels look wrong (params: audit, train, base.seed).
