@@ -1,5 +1,6 @@
 """The audit: confident learning's ranking, the folds, the command, and its opt-in stage."""
 
+import json
 import re
 import subprocess
 import warnings
@@ -152,6 +153,8 @@ def test_plain_dvc_repro_never_runs_the_audit_and_its_own_dvc_yaml_does(tmp_path
         "ingest", "prepare", "train", "evaluate"
     ]  # fmt: skip
     assert not (repo / "results" / "audit").exists()
+    # `dvc status` reads every dvc.yaml: it says the audit has not run, as README says.
+    assert list(json.loads(_run(repo, BIN / "dvc", "status", "--json"))) == ["audit/dvc.yaml:audit"]
     # As README says: the pipeline's stages are up to date, so only the audit runs.
     assert ran_stages(_run(repo, BIN / "dvc", "repro", "audit/dvc.yaml")) == [
         "audit/dvc.yaml:audit"
@@ -159,5 +162,6 @@ def test_plain_dvc_repro_never_runs_the_audit_and_its_own_dvc_yaml_does(tmp_path
     assert store.read_suspects(repo / "results" / "audit" / "suspects.csv") is not None
     assert ran_stages(_run(repo, BIN / "dvc", "repro")) == []
     assert ran_stages(_run(repo, BIN / "dvc", "repro", "audit/dvc.yaml")) == []
+    assert "up to date" in _run(repo, BIN / "dvc", "status")
     plots = _run(repo, BIN / "dvc", "plots", "show", "--json")
     assert "results/audit/suspects.png" in plots
