@@ -102,6 +102,7 @@ def imgpipe(params: Path, work: Path, *stages: str) -> float:
                   "--live-dir", work / "live"],
         "evaluate": ["--model", work / "model.keras", "--processed", work / "processed",
                      "--out", work / "results"],
+        "audit": ["--processed", work / "processed", "--out", work / "audit"],
     }  # fmt: skip
     start = time.perf_counter()
     for stage in stages:

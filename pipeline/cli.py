@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from pipeline.backend import load_keras
-from pipeline.command import Group, params_of
+from pipeline.command import Group, cache_options, params_of
 
 # Defaults match the paths in dvc.yaml (tests/test_dvc_yaml.py checks).
 RAW = Path("data/raw")
@@ -22,6 +22,7 @@ MODEL = Path("models/model.keras")
 LIVE = Path("results/train")
 PREPARE_REPORT = Path("results/prepare")
 EVALUATION = Path("results/evaluate")
+AUDIT = Path("results/audit")
 DECODE_CACHE = Path(".cache/imgpipe/decoded.sqlite")
 PREPARE_CACHE = DECODE_CACHE.with_name("prepared.sqlite")  # its own: deleting one keeps the other
 
@@ -30,31 +31,19 @@ def _folder(exists: bool = True) -> click.Path:
     return click.Path(exists=exists, file_okay=False, path_type=Path)
 
 
+def _new_folder(flag: str, default: Path, help: str):
+    """An option naming a folder that need not exist (yet): the command makes it, or says
+    what is missing."""
+    return click.option(flag, type=_folder(exists=False), default=default, show_default=True,
+                        help=help)  # fmt: skip
+
+
 WORKERS = click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
     help="Decoding processes. [default: every usable core]",
 )
-
-
-def _cache_options(default: Path, envvar: str, what: str, without: str):
-    """A stage's --cache PATH (`what` it keeps) and --no-cache (`without` it)."""
-
-    def decorate(command):
-        command = click.option("--no-cache", is_flag=True, help=f"{without}; neither read "
-                               "nor write the cache.")(command)  # fmt: skip
-        return click.option(
-            "--cache",
-            "cache_path",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=default,
-            show_default=True,
-            envvar=envvar,
-            help=f"{what}; safe to delete. Env: {envvar}.",
-        )(command)
-
-    return decorate
 
 
 PREPARED = click.option(
@@ -103,23 +92,17 @@ def demo_data(folder: Path, force: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--raw",
-    type=_folder(exists=False),
-    default=RAW,
-    show_default=True,
-    help="Folder with one sub-folder of images per class, or train/, val/, test/ of those.",
+@_new_folder(
+    "--raw", RAW, "Folder with one sub-folder of images per class, or train/, val/, test/ of those."
 )
-@click.option(
+@_new_folder(
     "--out",
-    type=_folder(exists=False),
-    default=INTERIM,
-    show_default=True,
-    help="Where to write images/ and manifest/ (sharded), shards.csv, quarantine.csv, "
+    INTERIM,
+    "Where to write images/ and manifest/ (sharded), shards.csv, quarantine.csv, "
     "duplicates.csv, report.json.",
 )
 @WORKERS
-@_cache_options(
+@cache_options(
     DECODE_CACHE,
     "IMGPIPE_DECODE_CACHE",
     "Decode cache (SQLite), so re-runs decode only new files",
@@ -158,21 +141,17 @@ def ingest(
 @click.option(
     "--interim", type=_folder(), default=INTERIM, show_default=True, help="The output of ingest."
 )
-@click.option(
+@_new_folder(
     "--out",
-    type=_folder(exists=False),
-    default=PROCESSED,
-    show_default=True,
-    help="Where to write each shard's splits, labels and views, shards.csv and labels.json.",
+    PROCESSED,
+    "Where to write each shard's splits, labels and views, shards.csv and labels.json.",
 )
-@click.option(
+@_new_folder(
     "--report-dir",
-    type=_folder(exists=False),
-    default=PREPARE_REPORT,
-    show_default=True,
-    help="Where to write report.json (split counts, near-duplicates) and the plots.",
+    PREPARE_REPORT,
+    "Where to write report.json (split counts, near-duplicates) and the plots.",
 )
-@_cache_options(
+@cache_options(
     PREPARE_CACHE,
     "IMGPIPE_PREPARE_CACHE",
     "Prepare cache (SQLite) of perceptual hashes and near-duplicate pairs, so re-runs hash "
@@ -212,13 +191,7 @@ def prepare(
     show_default=True,
     help="Where to save the trained model (.keras).",
 )
-@click.option(
-    "--live-dir",
-    type=_folder(exists=False),
-    default=LIVE,
-    show_default=True,
-    help="dvclive folder for per-epoch metrics and plots.",
-)
+@_new_folder("--live-dir", LIVE, "dvclive folder for per-epoch metrics and plots.")
 @click.pass_context
 def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) -> None:
     """Train the CNN named by train.model (params: base.seed, train).
@@ -264,12 +237,10 @@ def train(ctx: click.Context, processed: Path, model_out: Path, live_dir: Path) 
     help="The trained model.",
 )
 @PREPARED
-@click.option(
+@_new_folder(
     "--out",
-    type=_folder(exists=False),
-    default=EVALUATION,
-    show_default=True,
-    help="Where to write metrics.json, classes.csv, predictions.csv, the curves, the PNGs.",
+    EVALUATION,
+    "Where to write metrics.json, classes.csv, predictions.csv, the curves, the PNGs.",
 )
 @click.pass_context
 def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -> None:
@@ -292,6 +263,32 @@ def evaluate(ctx: click.Context, model_path: Path, processed: Path, out: Path) -
     click.echo(
         f"evaluate: test accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f} "
         f"on {metrics['images']} images -> {out / 'metrics.json'}"
+    )
+
+
+@cli.command()
+@PREPARED
+@_new_folder("--out", AUDIT, "Where to write suspects.csv and suspects.png.")
+@click.pass_context
+def audit(ctx: click.Context, processed: Path, out: Path) -> None:
+    """Rank the images whose labels look wrong (params: audit, train, base.seed).
+
+    Not part of a plain `dvc repro`: `dvc repro audit/dvc.yaml` runs it. Every
+    prepared image, of all splits, is in one of audit.folds folds (near-duplicates
+    in one); train.model, with train's settings on one device, is trained once
+    per fold on the others and predicts it. Confident learning ranks the labels
+    these out-of-sample probabilities contradict: suspects.csv lists them, most
+    suspect first, with the class the models suggest and the label's quality
+    (audit.rank_by; 0 worst); suspects.png shows the first 16.
+    """
+    params = params_of(ctx)
+    load_keras()
+    from pipeline import audit as stage
+
+    suspects, accuracy = stage.run(processed, out, params)
+    click.echo(
+        f"audit: {len(suspects)} labels look wrong (out-of-sample accuracy {accuracy:.4f}, "
+        f"{params.audit.folds} folds) -> {out / 'suspects.csv'}"
     )
 
 

@@ -1,8 +1,10 @@
 """The command line's group: params.yaml parsed once, and checked before click checks a
 command's paths; every error a user can fix told in one line with an exit code (2 for
-bad params, as click's own usage errors; 1 for the rest), never a traceback."""
+bad params, as click's own usage errors; 1 for the rest), never a traceback; and the
+--cache/--no-cache options the caching stages share."""
 
 import errno
+from pathlib import Path
 
 import click
 
@@ -16,7 +18,7 @@ class BadParams(click.ClickException):
 
 # The commands that read params.yaml. Their params are checked before click checks their
 # paths, so a broken params.yaml is named (exit 2) whatever else is missing.
-READS_PARAMS = frozenset({"ingest", "prepare", "train", "evaluate"})
+READS_PARAMS = frozenset({"ingest", "prepare", "train", "evaluate", "audit"})
 HELP = frozenset({"-h", "--help"})
 
 
@@ -50,3 +52,22 @@ def params_of(ctx: click.Context) -> Params:
         except ParamsError as error:
             raise BadParams(str(error)) from None
     return root.meta["params"]
+
+
+def cache_options(default: Path, envvar: str, what: str, without: str):
+    """A stage's --cache PATH (`what` it keeps) and --no-cache (`without` it)."""
+
+    def decorate(command):
+        command = click.option("--no-cache", is_flag=True, help=f"{without}; neither read "
+                               "nor write the cache.")(command)  # fmt: skip
+        return click.option(
+            "--cache",
+            "cache_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=default,
+            show_default=True,
+            envvar=envvar,
+            help=f"{what}; safe to delete. Env: {envvar}.",
+        )(command)
+
+    return decorate

@@ -88,14 +88,13 @@ def errors_png(images: np.ndarray, rows: list[store.PredictionRow]) -> bytes:
     worst = worst_mistakes(rows)
     if not worst:
         return figures.message("No test image was misclassified.")
-    lines = [worst[start : start + 4] for start in range(0, len(worst), 4)]
     titles = [
-        [f"{rows[i].actual} → {rows[i].predicted} {rows[i].confidence:.2f}\n"
-         f"{Path(rows[i].path).name[:24]}" for i in line]
-        for line in lines
-    ]  # fmt: skip
-    cells = [[images[i] for i in line] for line in lines]
-    return figures.image_grid(cells, "Most confidently wrong test images", cell_titles=titles)
+        f"{rows[i].actual} → {rows[i].predicted} {rows[i].confidence:.2f}\n"
+        f"{Path(rows[i].path).name[:24]}"
+        for i in worst
+    ]
+    cells = [images[i] for i in worst]
+    return figures.gallery(cells, titles, "Most confidently wrong test images")
 
 
 def confusion_counts(rows: list[store.PredictionRow], names: list[str]) -> np.ndarray:

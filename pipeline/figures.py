@@ -56,6 +56,16 @@ def image_grid(
     return png(figure)
 
 
+def gallery(images: list[np.ndarray], titles: list[str], title: str, per_row: int = 4) -> bytes:
+    """Images, each with its title above it, `per_row` to a row."""
+    starts = range(0, len(images), per_row)
+    return image_grid(
+        [images[i : i + per_row] for i in starts],
+        title,
+        cell_titles=[titles[i : i + per_row] for i in starts],
+    )
+
+
 def message(text: str) -> bytes:
     """A figure that says why the real one could not be drawn."""
     figure = new_figure(6, 1.2)

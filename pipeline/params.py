@@ -27,6 +27,8 @@ MODEL_NAMES = tuple(MODELS)
 RESIZE_MODES = ("stretch", "pad", "crop")
 SPLIT_MODES = ("auto", "hash", "folders")
 RESAMPLE_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+# The label qualities that pipeline/label_issues.py ranks suspects by (audit.rank_by).
+RANKINGS = ("self_confidence", "normalized_margin")
 
 
 # Each color_mode (of ingest and of a view): its Pillow mode, and the channels it has.
@@ -152,11 +154,22 @@ class Train(_Section):
         return value
 
 
+class Audit(_Section):
+    folds: int = Field(
+        ge=2, le=100, description="an integer from 2 to 100: models trained, each predicting a fold"
+    )
+    rank_by: Literal[RANKINGS] = Field(
+        description="self_confidence (the given label's probability) or normalized_margin "
+        "(it against the likeliest other class)"
+    )
+
+
 class Params(_Section):
     base: Base
     ingest: Ingest
     prepare: Prepare
     train: Train
+    audit: Audit
 
     @model_validator(mode="after")
     def _sections_agree(self):

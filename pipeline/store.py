@@ -79,6 +79,16 @@ class PredictionRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class SuspectRow:
+    """An image whose label looks wrong to models that never trained on it (audit)."""
+
+    path: str
+    given: str
+    suggested: str  # the class the models gave the highest out-of-sample probability
+    score: float  # the given label's quality (audit.rank_by): 0 most suspect, 1 least
+
+
+@dataclasses.dataclass(frozen=True)
 class ClassScoreRow:
     """One class's scores on the test split."""
 
@@ -241,7 +251,8 @@ def write_splits(folder: Path, splits: dict[str, Split], class_indices: dict[str
     write_processed(folder, processed, cut, views)
 
 
-def read_split(folder: Path, name: str) -> Split:
+def read_split(folder: Path, name: str | None) -> Split:
+    """The split `name`, or with None every image (audit), in the manifest's order."""
     if not (folder / "labels.json").exists():
         raise PipelineError(
             f"{folder} is not a complete prepared folder (no labels.json: prepare was "
@@ -249,7 +260,7 @@ def read_split(folder: Path, name: str) -> Split:
         )
     cut = _shards_of(folder)
     rows = _read_sharded(folder / "splits", cut, SplitRow)
-    chosen = np.flatnonzero(np.array([row.split for row in rows]) == name)
+    chosen = np.flatnonzero([name in (None, row.split) for row in rows])
     views = []
     while (path := folder / f"view{len(views)}").is_dir():
         with _parsing(path):
@@ -323,6 +334,14 @@ def write_predictions(path: Path, rows: list[PredictionRow]) -> None:
     _write_rows(path, PredictionRow, rows)
 
 
+def write_suspects(path: Path, rows: list[SuspectRow]) -> None:
+    _write_rows(path, SuspectRow, rows)
+
+
+def read_suspects(path: Path) -> list[SuspectRow]:
+    return _read_rows(path, SuspectRow)
+
+
 def write_class_scores(path: Path, rows: list[ClassScoreRow]) -> None:
     _write_rows(path, ClassScoreRow, rows)
 
@@ -383,6 +402,7 @@ TABLES = {
     SplitRow: "splits/ shard",
     PredictionRow: "predictions.csv",
     ClassScoreRow: "classes.csv",
+    SuspectRow: "suspects.csv",
     EpochSpeedRow: "speed.csv",
     RocPoint: "roc.csv",
     PrecisionRecallPoint: "precision_recall.csv",

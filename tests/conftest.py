@@ -195,7 +195,8 @@ def ingest_and_prepare(root: Path, params: Path, raw: Path) -> Path:
 def new_project(root: Path) -> Path:
     """A project as a user starts one: this pipeline, dvc.yaml, fast params, tiny images."""
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__py*"))
-    for name in ["dvc.yaml", ".gitignore", ".dvcignore"]:
+    for name in ["dvc.yaml", "audit/dvc.yaml", ".gitignore", ".dvcignore"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, root / name)
     write_params(root / "params.yaml", **FAST)
     make_dataset(root / "data" / "raw", per_class=16)

@@ -6,11 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import cli, evaluate, model_record, store, train
+from pipeline import audit, cli, evaluate, model_record, store, train
 from pipeline.params import Params
 from tests.conftest import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+# Opt-in stages: a dvc.yaml of their own, which a plain `dvc repro` does not read.
+OPT_IN = yaml.safe_load((REPO / "audit" / "dvc.yaml").read_text())["stages"]
+EVERY = {**STAGES, **OPT_IN}
 
 
 def _paths(entries) -> list[str]:
@@ -18,12 +21,16 @@ def _paths(entries) -> list[str]:
 
 
 def _written(stage: str) -> set[str]:
-    return set(_paths(STAGES[stage].get("outs", []) + STAGES[stage].get("metrics", [])))
+    return set(_paths(EVERY[stage].get("outs", []) + EVERY[stage].get("metrics", [])))
 
 
 def test_stages_are_the_pipeline_in_order():
     assert list(STAGES) == ["ingest", "prepare", "train", "evaluate"]
-    assert all(STAGES[name]["cmd"].startswith(f"imgpipe {name} ") for name in STAGES)
+    assert all(EVERY[name]["cmd"].startswith(f"imgpipe {name} ") for name in EVERY)
+
+
+def test_the_opt_in_stages_are_the_audit_run_from_the_repository_root():
+    assert list(OPT_IN) == ["audit"] and OPT_IN["audit"]["wdir"] == ".."
 
 
 def test_stage_outputs_are_exactly_what_the_commands_write():
@@ -51,18 +58,20 @@ def test_stage_outputs_are_exactly_what_the_commands_write():
     ]
     evaluation = [f"{cli.EVALUATION.as_posix()}/{name}" for name in evaluate.OUTPUTS]
     assert set(_paths(STAGES["evaluate"]["plots"])) | _written("evaluate") == set(evaluation)
+    audited = [f"{cli.AUDIT.as_posix()}/{name}" for name in audit.OUTPUTS]
+    assert set(_paths(OPT_IN["audit"]["plots"])) | _written("audit") == set(audited)
 
 
 def test_each_stage_reads_only_the_raw_data_or_what_earlier_stages_write():
     available = {cli.RAW.as_posix()}
-    for name, stage in STAGES.items():
+    for name, stage in EVERY.items():
         data_deps = {d for d in stage["deps"] if not d.startswith("pipeline/")}
         assert data_deps and data_deps <= available, name
         available |= _written(name)
 
 
 def test_commands_pass_the_cli_defaults_for_every_path_they_declare():
-    for name, stage in STAGES.items():
+    for name, stage in EVERY.items():
         defaults = {
             option.opts[0]: str(option.default)
             for option in cli.cli.commands[name].params
@@ -79,7 +88,7 @@ def test_commands_pass_the_cli_defaults_for_every_path_they_declare():
 
 
 def test_listed_params_exist_and_cover_each_stages_section():
-    for name, stage in STAGES.items():
+    for name, stage in EVERY.items():
         for key in stage.get("params", []):
             section, field = key.split(".")
             assert field in Params.model_fields[section].annotation.model_fields, key
@@ -137,10 +146,10 @@ def test_pipeline_init_holds_no_code_so_no_stage_depends_on_it():
     assert isinstance(statement, ast.Expr)  # its docstring
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("stage", list(EVERY))
 def test_each_stage_depends_on_exactly_the_code_its_command_can_run(stage):
     # A change to an unlisted module did not re-run the stage that uses it.
-    listed = [dep for dep in STAGES[stage]["deps"] if dep.startswith("pipeline/")]
+    listed = [dep for dep in EVERY[stage]["deps"] if dep.startswith("pipeline/")]
     ran = _closure(stage) - {"pipeline/__init__.py"}
     covered = {path for path in ran if any(path == d or path.startswith(f"{d}/") for d in listed)}
     assert sorted(ran - covered) == [], "run but not in deps"

@@ -29,6 +29,7 @@ VALUES = st.one_of(
     st.lists(st.one_of(st.integers(-5, 5000), st.text(max_size=3)), max_size=3),
     st.dictionaries(st.text(max_size=6), st.integers(), max_size=2),
 )
+STAGES = ["ingest", "prepare", "train", "evaluate", "audit"]  # the commands that read params
 NAMES = st.text(alphabet=string.ascii_lowercase + "_", min_size=1, max_size=12)
 
 
@@ -74,11 +75,12 @@ def command_lines(root: Path) -> dict[str, list[str]]:
                   f"{out}/m.keras", "--live-dir", out],
         "evaluate": ["evaluate", "--model", str(root / "model.keras"), "--processed",
                      str(root / "processed"), "--out", out],
+        "audit": ["audit", "--processed", str(root / "processed"), "--out", out],
     }  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=hostile_params(), stage=st.sampled_from(["ingest", "prepare", "train", "evaluate"]))
+@given(case=hostile_params(), stage=st.sampled_from(STAGES))
 def test_every_command_refuses_bad_params_with_exit_2_and_the_key(case, stage):
     content, fragment = case
     with tempfile.TemporaryDirectory() as scratch:
@@ -139,6 +141,8 @@ OUTSIDE_DOCUMENTED_LIMITS = {
     ("train", "augment", "shift"): st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=0.51)),
     ("train", "early_stopping", "patience"): _ints_outside(0, 10_000),
     ("train", "distribution"): _not_one_of("none", "mirrored", "multi_worker"),
+    ("audit", "folds"): _ints_outside(2, 100),
+    ("audit", "rank_by"): _not_one_of("self_confidence", "normalized_margin"),
 }
 
 
@@ -146,7 +150,7 @@ OUTSIDE_DOCUMENTED_LIMITS = {
 @given(
     key=st.sampled_from(list(OUTSIDE_DOCUMENTED_LIMITS)),
     data=st.data(),
-    stage=st.sampled_from(["ingest", "prepare", "train", "evaluate"]),
+    stage=st.sampled_from(STAGES),
 )
 def test_every_value_outside_the_documented_limits_is_refused_naming_the_key(key, data, stage):
     # With `ge=1` dropped from train.batch_size, the test above still passed: it let
