@@ -21,7 +21,7 @@ import yaml
 
 from bench.ingest import REPO, image_files
 from bench.train import imgpipe
-from pipeline import files, store
+from pipeline import files, store, tables
 from pipeline.demo import write_demo_data
 
 
@@ -47,7 +47,7 @@ def scores(work: Path, flipped: set[str], share: float) -> dict:
     """Precision and recall of the top `share` of the prepared images in suspects.csv."""
     prepared = {row.path for row in store.read_split_rows(work / "processed")}
     flipped &= prepared  # ingest leaves out what it cannot read, and cross-class copies
-    suspects = store.read_suspects(work / "audit" / "suspects.csv")
+    suspects = tables.read_suspects(work / "audit" / "suspects.csv")
     top = [row.path for row in suspects[: round(share * len(prepared))]]
     hits = len(flipped.intersection(top))
     return {

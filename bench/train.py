@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from bench.ingest import IMGPIPE, REPO, image_files
-from pipeline import store
+from pipeline import store, tables
 from pipeline.params import MODEL_NAMES
 
 KERAS_WAY = """
@@ -119,7 +119,7 @@ def quiet() -> dict:
 
 def speeds(live: Path, name: str) -> list[float]:
     """Every epoch's 'epoch_seconds' or 'images_per_second', as train wrote them."""
-    return [getattr(row, name) for row in store.read_epoch_speeds(live / "speed.csv")]
+    return [getattr(row, name) for row in tables.read_epoch_speeds(live / "speed.csv")]
 
 
 def series(live: Path, name: str, split: str = "train") -> list[float]:

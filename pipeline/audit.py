@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline import figures, files, shards, store
+from pipeline import figures, files, shards, store, tables
 from pipeline.batches import Batches, inference_batch_size
 from pipeline.errors import PipelineError
 from pipeline.evaluate import class_indices_of
@@ -99,7 +99,7 @@ def out_of_sample(images: store.Split, folds: np.ndarray, params: Params) -> np.
     return probabilities
 
 
-def suspects_png(view, order: np.ndarray, suspects: list[store.SuspectRow]) -> bytes:
+def suspects_png(view, order: np.ndarray, suspects: list[tables.SuspectRow]) -> bytes:
     """The likeliest label errors, worst first, with the given and the suggested label."""
     if not suspects:
         return figures.message("No label looks wrong to the models that did not train on it.")
@@ -114,7 +114,7 @@ def suspects_png(view, order: np.ndarray, suspects: list[store.SuspectRow]) -> b
     return figures.gallery(cells, titles, "Labels that look wrong: given → suggested, quality")
 
 
-def run(processed: Path, out: Path, params: Params) -> tuple[list[store.SuspectRow], float]:
+def run(processed: Path, out: Path, params: Params) -> tuple[list[tables.SuspectRow], float]:
     """Write suspects.csv and suspects.png; (the suspects, out-of-sample accuracy)."""
     images = store.read_split(processed, None)
     rows = store.read_split_rows(processed)
@@ -124,10 +124,10 @@ def run(processed: Path, out: Path, params: Params) -> tuple[list[store.SuspectR
     suggested = probabilities.argmax(axis=1)
     order, scores = rank_issues(given, probabilities, params.audit.rank_by)
     suspects = [
-        store.SuspectRow(rows[i].path, names[given[i]], names[suggested[i]], round(float(s), 6))
+        tables.SuspectRow(rows[i].path, names[given[i]], names[suggested[i]], round(float(s), 6))
         for i, s in zip(order, scores, strict=True)
     ]
     files.clear_outputs(out, OUTPUTS)
     files.write_bytes(out / "suspects.png", suspects_png(images.views[0], order, suspects))
-    store.write_suspects(out / "suspects.csv", suspects)  # last: complete when present
+    tables.write_suspects(out / "suspects.csv", suspects)  # last: complete when present
     return suspects, float(np.mean(suggested == given))

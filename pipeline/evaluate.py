@@ -5,7 +5,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline import figures, files, model_record, store
+from pipeline import figures, files, model_record, store, tables
 from pipeline.batches import Batches, inference_batch_size
 from pipeline.errors import PipelineError, one_line
 from pipeline.models import loss_for
@@ -36,7 +36,7 @@ def confidence_of(probabilities: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 def per_class_scores(
     actual: np.ndarray, predicted: np.ndarray, names: list[str]
-) -> list[store.ClassScoreRow]:
+) -> list[tables.ClassScoreRow]:
     """Precision, recall, F1 and support of each class (0 where undefined)."""
     scores = []
     for index, name in enumerate(names):
@@ -46,7 +46,7 @@ def per_class_scores(
         recall = hits / truly if truly else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         scores.append(
-            store.ClassScoreRow(name, float(precision), float(recall), float(f1), int(truly))
+            tables.ClassScoreRow(name, float(precision), float(recall), float(f1), int(truly))
         )
     return scores
 
@@ -68,22 +68,22 @@ def curves(labels: np.ndarray, probabilities: np.ndarray) -> tuple:
         return [], [], None
     false_positive, true_positive, thresholds = roc_curve(truth, scores)
     roc = list(
-        map(store.RocPoint, false_positive.tolist(), true_positive.tolist(), thresholds.tolist())
+        map(tables.RocPoint, false_positive.tolist(), true_positive.tolist(), thresholds.tolist())
     )
     precision, recall, thresholds = precision_recall_curve(truth, scores)
     # The last point (recall 0, precision 1) has no threshold: above every score.
     thresholds = [*thresholds.tolist(), float("inf")]
-    pr = list(map(store.PrecisionRecallPoint, recall.tolist(), precision.tolist(), thresholds))
+    pr = list(map(tables.PrecisionRecallPoint, recall.tolist(), precision.tolist(), thresholds))
     return roc, pr, float(roc_auc_score(truth, scores))
 
 
-def worst_mistakes(rows: list[store.PredictionRow], count: int = GALLERY_SIZE) -> list[int]:
+def worst_mistakes(rows: list[tables.PredictionRow], count: int = GALLERY_SIZE) -> list[int]:
     """Indices of the wrong predictions made with the highest confidence, worst first."""
     wrong = [i for i, row in enumerate(rows) if row.actual != row.predicted]
     return sorted(wrong, key=lambda i: -rows[i].confidence)[:count]
 
 
-def errors_png(images: np.ndarray, rows: list[store.PredictionRow]) -> bytes:
+def errors_png(images: np.ndarray, rows: list[tables.PredictionRow]) -> bytes:
     """The most confidently wrong test images, four to a row."""
     worst = worst_mistakes(rows)
     if not worst:
@@ -97,7 +97,7 @@ def errors_png(images: np.ndarray, rows: list[store.PredictionRow]) -> bytes:
     return figures.gallery(cells, titles, "Most confidently wrong test images")
 
 
-def confusion_counts(rows: list[store.PredictionRow], names: list[str]) -> np.ndarray:
+def confusion_counts(rows: list[tables.PredictionRow], names: list[str]) -> np.ndarray:
     """(K, K) int: how many test images of each actual class (row) were predicted as each
     class (column)."""
     index = {name: i for i, name in enumerate(names)}
@@ -106,7 +106,7 @@ def confusion_counts(rows: list[store.PredictionRow], names: list[str]) -> np.nd
     return counts
 
 
-def confusion_png(rows: list[store.PredictionRow], names: list[str]) -> bytes:
+def confusion_png(rows: list[tables.PredictionRow], names: list[str]) -> bytes:
     return figures.png(confusion_figure(confusion_counts(rows, names), names))
 
 
@@ -133,7 +133,7 @@ def confusion_figure(counts: np.ndarray, names: list[str]):
 
 def evaluate(
     model: keras.Model, test: store.Split, names: list[str], paths: list[str]
-) -> tuple[dict, list[store.ClassScoreRow], list[store.PredictionRow], tuple]:
+) -> tuple[dict, list[tables.ClassScoreRow], list[tables.PredictionRow], tuple]:
     """The metrics DVC tracks, one score row per class, one prediction row per test image
     (in split order), and the curves.
 
@@ -160,7 +160,7 @@ def evaluate(
         "images": len(labels),
     }
     rows = [
-        store.PredictionRow(path, names[a], names[p], round(float(c), 6))
+        tables.PredictionRow(path, names[a], names[p], round(float(c), 6))
         for path, a, p, c in zip(paths, actual, predicted, confidence, strict=True)
     ]
     return metrics, scores, rows, (roc, pr)
@@ -214,11 +214,11 @@ def run(model_path: Path, processed: Path, out: Path) -> dict:
     names = list(store.read_class_indices(processed))
     metrics, scores, rows, (roc, pr) = evaluate(model, test, names, paths)
     files.clear_outputs(out, OUTPUTS)
-    store.write_class_scores(out / "classes.csv", scores)
-    store.write_predictions(out / "predictions.csv", rows)
+    tables.write_class_scores(out / "classes.csv", scores)
+    tables.write_predictions(out / "predictions.csv", rows)
     files.write_bytes(out / "confusion.png", confusion_png(rows, names))
-    store.write_curve(out / "roc.csv", store.RocPoint, roc)
-    store.write_curve(out / "precision_recall.csv", store.PrecisionRecallPoint, pr)
+    tables.write_curve(out / "roc.csv", tables.RocPoint, roc)
+    tables.write_curve(out / "precision_recall.csv", tables.PrecisionRecallPoint, pr)
     files.write_bytes(out / "errors.png", errors_png(test.views[0], rows))
     files.write_json(out / "metrics.json", metrics)  # last: complete when present
     return metrics

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline import files
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
-from pipeline.store import read_json
+from pipeline.tables import read_json
 
 
 def beside_model(model_path: Path) -> dict[str, Path]:

@@ -2,25 +2,23 @@
 model: pipeline/model_record.py).
 
 Arrays are plain `.npy` files (uint8 pixels, float32 labels), no pickles, cut into
-shards (pipeline/shards.py). Tables are CSV with a fixed header; small records are JSON.
+shards (pipeline/shards.py). Tables are CSV with a fixed header, small records JSON
+(pipeline/tables.py).
 Every file is written whole or not at all (pipeline/files.py), so a killed stage
 never leaves a file that looks complete but is not.
 """
 
-import csv
 import dataclasses
 import hashlib
 import io
-import json
-import operator
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from pipeline import files, shards
-from pipeline.errors import PipelineError, one_line
+from pipeline import files, shards, tables
+from pipeline.errors import PipelineError
 
 SPLITS = ("train", "val", "test")
 
@@ -28,6 +26,8 @@ SPLITS = ("train", "val", "test")
 @dataclasses.dataclass(frozen=True)
 class ManifestRow:
     """One accepted image; its pixels are row `i` of the images array."""
+
+    table: ClassVar[str] = "manifest/ shard"
 
     path: str  # relative to the raw data folder, with '/' separators
     label: str
@@ -43,6 +43,8 @@ class ManifestRow:
 
 @dataclasses.dataclass(frozen=True)
 class QuarantineRow:
+    table: ClassVar[str] = "quarantine.csv"
+
     path: str
     reason: str
 
@@ -50,6 +52,8 @@ class QuarantineRow:
 @dataclasses.dataclass(frozen=True)
 class DuplicateRow:
     """A readable image left out because its bytes appear elsewhere."""
+
+    table: ClassVar[str] = "duplicates.csv"
 
     path: str
     label: str
@@ -60,66 +64,14 @@ class DuplicateRow:
 
 @dataclasses.dataclass(frozen=True)
 class SplitRow:
+    table: ClassVar[str] = "splits/ shard"
+
     path: str
     sha256: str
     label: str
     split: str
     group: str  # sha256 of the first member of its near-duplicate group; "" when alone
     moved_from: str  # the split its own hash gives, when its group moved it; else ""
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictionRow:
-    """A test image's actual and predicted class, for DVC's confusion-matrix plot."""
-
-    path: str
-    actual: str
-    predicted: str
-    confidence: float  # the probability the model gave the class it predicted
-
-
-@dataclasses.dataclass(frozen=True)
-class SuspectRow:
-    """An image whose label looks wrong to models that never trained on it (audit)."""
-
-    path: str
-    given: str
-    suggested: str  # the class the models gave the highest out-of-sample probability
-    score: float  # the given label's quality (audit.rank_by): 0 most suspect, 1 least
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassScoreRow:
-    """One class's scores on the test split."""
-
-    label: str
-    precision: float
-    recall: float
-    f1: float
-    support: int  # test images of the class
-
-
-@dataclasses.dataclass(frozen=True)
-class EpochSpeedRow:
-    """How fast one epoch trained; not a DVC metric, since it changes with the machine."""
-
-    step: int
-    epoch_seconds: float
-    images_per_second: float
-
-
-@dataclasses.dataclass(frozen=True)
-class RocPoint:
-    false_positive_rate: float
-    true_positive_rate: float
-    threshold: float
-
-
-@dataclasses.dataclass(frozen=True)
-class PrecisionRecallPoint:
-    recall: float
-    precision: float
-    threshold: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,22 +147,22 @@ def write_interim(folder: Path, interim: Interim, reuse: dict[str, Path] | None 
     for name, path in reuse.items():
         files.link_or_copy(path, shards.path(folder / "images", name))
     _write_sharded(folder / "manifest", cut, ManifestRow, interim.manifest)
-    _write_rows(folder / "quarantine.csv", QuarantineRow, interim.quarantine)
-    _write_rows(folder / "duplicates.csv", DuplicateRow, interim.duplicates)
+    tables.write_rows(folder / "quarantine.csv", QuarantineRow, interim.quarantine)
+    tables.write_rows(folder / "duplicates.csv", DuplicateRow, interim.duplicates)
     shards.write_index(folder / "shards.csv", cut)
     files.write_json(folder / "report.json", interim.report)  # last: its presence means complete
 
 
 def read_interim(folder: Path) -> Interim:
     cut = _shards_of(folder)
-    with _parsing(folder / "images"):
+    with tables.parsing(folder / "images"):
         images = shards.Rows(folder / "images", cut)
     return Interim(
         images=images,
         manifest=_read_sharded(folder / "manifest", cut, ManifestRow),
-        quarantine=_read_rows(folder / "quarantine.csv", QuarantineRow),
-        duplicates=_read_rows(folder / "duplicates.csv", DuplicateRow),
-        report=read_json(folder / "report.json"),
+        quarantine=tables.read_rows(folder / "quarantine.csv", QuarantineRow),
+        duplicates=tables.read_rows(folder / "duplicates.csv", DuplicateRow),
+        report=tables.read_json(folder / "report.json"),
     )
 
 
@@ -263,9 +215,9 @@ def read_split(folder: Path, name: str | None) -> Split:
     chosen = np.flatnonzero([name in (None, row.split) for row in rows])
     views = []
     while (path := folder / f"view{len(views)}").is_dir():
-        with _parsing(path):
+        with tables.parsing(path):
             views.append(shards.Rows(path, cut, chosen))
-    with _parsing(folder / "labels"):
+    with tables.parsing(folder / "labels"):
         labels = shards.Rows(folder / "labels", cut, chosen)[:]
     return Split(views=views, labels=labels)
 
@@ -301,13 +253,13 @@ def _read_text(path: str) -> str:  # as a stage's tables are written
 
 def _shards_of(folder: Path, read: Callable[[str], str] = _read_text, where: str = ""):
     """The shards folder/shards.csv lists; `read` and `where` as read_split_rows's."""
-    with _parsing(f"{folder / 'shards.csv'}{where}"):
+    with tables.parsing(f"{folder / 'shards.csv'}{where}"):
         return shards.parse_index(read((folder / "shards.csv").as_posix()))
 
 
 def _write_sharded(folder: Path, cut: list[shards.Shard], row_type: type, rows: list) -> None:
     for shard in cut:
-        _write_rows(folder / f"{shard.name}.csv", row_type, rows[shard.start : shard.stop])
+        tables.write_rows(folder / f"{shard.name}.csv", row_type, rows[shard.start : shard.stop])
 
 
 def _read_sharded(
@@ -321,100 +273,10 @@ def _read_sharded(
     rows = []
     for shard in cut:
         path = folder / f"{shard.name}.csv"
-        with _parsing(f"{path}{where}"):
-            rows += _parse_rows(io.StringIO(read(path.as_posix()), newline=""), row_type)
+        with tables.parsing(f"{path}{where}"):
+            rows += tables.parse_rows(io.StringIO(read(path.as_posix()), newline=""), row_type)
     return rows
 
 
 def read_class_indices(folder: Path) -> dict[str, int]:
-    return read_json(folder / "labels.json")
-
-
-def write_predictions(path: Path, rows: list[PredictionRow]) -> None:
-    _write_rows(path, PredictionRow, rows)
-
-
-def write_suspects(path: Path, rows: list[SuspectRow]) -> None:
-    _write_rows(path, SuspectRow, rows)
-
-
-def read_suspects(path: Path) -> list[SuspectRow]:
-    return _read_rows(path, SuspectRow)
-
-
-def write_class_scores(path: Path, rows: list[ClassScoreRow]) -> None:
-    _write_rows(path, ClassScoreRow, rows)
-
-
-def write_epoch_speeds(path: Path, rows: list[EpochSpeedRow]) -> None:
-    _write_rows(path, EpochSpeedRow, rows)
-
-
-def read_epoch_speeds(path: Path) -> list[EpochSpeedRow]:
-    return _read_rows(path, EpochSpeedRow)
-
-
-def write_curve(path: Path, point_type: type, points: list) -> None:
-    """A curve for `dvc plots show`: RocPoint or PrecisionRecallPoint rows."""
-    _write_rows(path, point_type, points)
-
-
-@contextmanager
-def _parsing(path: Path | str) -> Iterator[None]:
-    """A stage's output that is there but cannot be parsed: say which, and how to mend it."""
-    try:
-        yield
-    except (ValueError, TypeError, csv.Error) as error:
-        path = getattr(error, "path", path)  # a shard file names itself (shards.Damaged)
-        raise PipelineError(
-            f"{path} is damaged or not the file expected ({one_line(error)}); restore it "
-            "(dvc checkout), run the stage that writes it again (dvc repro), or name the right file"
-        ) from None
-
-
-def read_json(path: Path):
-    with _parsing(path):
-        return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _write_rows(path: Path, row_type: type, rows: list) -> None:
-    names = [field.name for field in dataclasses.fields(row_type)]
-    values = operator.attrgetter(*names)  # dataclasses.astuple deep-copies: 10x slower
-    with (
-        files.atomic_path(path) as temporary,
-        temporary.open("w", newline="", encoding="utf-8") as file,
-    ):
-        writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows(map(values, rows))
-
-
-def _read_rows(path: Path, row_type: type) -> list:
-    with _parsing(path), path.open(newline="", encoding="utf-8") as file:
-        return _parse_rows(file, row_type)
-
-
-# The file each kind of row is written to, for messages about a file of the wrong kind.
-TABLES = {
-    ManifestRow: "manifest/ shard",
-    QuarantineRow: "quarantine.csv",
-    DuplicateRow: "duplicates.csv",
-    SplitRow: "splits/ shard",
-    PredictionRow: "predictions.csv",
-    ClassScoreRow: "classes.csv",
-    SuspectRow: "suspects.csv",
-    EpochSpeedRow: "speed.csv",
-    RocPoint: "roc.csv",
-    PrecisionRecallPoint: "precision_recall.csv",
-}
-
-
-def _parse_rows(lines, row_type: type) -> list:
-    types = {field.name: field.type for field in dataclasses.fields(row_type)}
-    reader = csv.DictReader(lines)
-    if reader.fieldnames != list(types):  # e.g. a manifest shard given for a splits shard
-        raise ValueError(
-            f"its columns are {', '.join(reader.fieldnames or ['none'])}, where a "
-            f"{TABLES[row_type]} has {', '.join(types)}"
-        )
-    return [row_type(**{name: types[name](value) for name, value in row.items()}) for row in reader]
+    return tables.read_json(folder / "labels.json")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from pipeline import distribute, figures, files, model_record, store
+from pipeline import distribute, figures, files, model_record, store, tables
 from pipeline.batches import Batches
 from pipeline.models import Moments, build_model, compile_model
 from pipeline.params import Params
@@ -42,7 +42,7 @@ class LiveLogger(keras.callbacks.Callback):
         self.live, self.images, self.replicas = live, images_per_epoch, replicas
         self.started = self.trained = None
         self.epochs: list[dict] = []
-        self.speeds: list[store.EpochSpeedRow] = []
+        self.speeds: list[tables.EpochSpeedRow] = []
 
     def on_train_begin(self, logs=None):
         ran_on = environment(self.replicas)
@@ -63,7 +63,7 @@ class LiveLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = self.trained or self._now() - self.started
-        self.speeds.append(store.EpochSpeedRow(epoch, seconds, self.images / seconds))
+        self.speeds.append(tables.EpochSpeedRow(epoch, seconds, self.images / seconds))
         self.epochs.append(dict(logs or {}))
         for name, value in (logs or {}).items():
             # "val_loss" -> "val/loss", "loss" -> "train/loss": one plot file per split.
@@ -291,7 +291,7 @@ def _train_and_save(
     # `dvc exp show`); dvclive's last step goes, to keep `dvc metrics show` in 160 columns.
     tracked = {name: value for name, value in live.summary.items() if name != "step"}
     files.write_json(Path(live.metrics_file), {**tracked, "learned": why is None})
-    store.write_epoch_speeds(live_dir / SPEEDS, logger.speeds)
+    tables.write_epoch_speeds(live_dir / SPEEDS, logger.speeds)
     if why:
         print(
             f"train: warning: this run learned nothing ({why}): try a lower "

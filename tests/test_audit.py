@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import store
+from pipeline import store, tables
 from pipeline.audit import assign_folds
 from pipeline.cli import cli
 from pipeline.label_issues import rank_issues
@@ -116,7 +116,7 @@ def test_the_command_finds_labels_flipped_in_real_images(tmp_path):
     folds = re.findall(r"fold \d of 3: training on (\d+) images, predicting (\d+)", result.output)
     assert len(folds) == 3 and sum(int(held) for _, held in folds) == 48  # each image once
     assert all(int(rest) + int(held) == 48 for rest, held in folds)
-    suspects = store.read_suspects(out / "suspects.csv")
+    suspects = tables.read_suspects(out / "suspects.csv")
     top = {row.path: (row.given, row.suggested) for row in suspects[:2]}
     assert top == {
         "bright/dark_005.png": ("bright", "dark"),
@@ -159,7 +159,7 @@ def test_plain_dvc_repro_never_runs_the_audit_and_its_own_dvc_yaml_does(tmp_path
     assert ran_stages(_run(repo, BIN / "dvc", "repro", "audit/dvc.yaml")) == [
         "audit/dvc.yaml:audit"
     ]
-    assert store.read_suspects(repo / "results" / "audit" / "suspects.csv") is not None
+    assert tables.read_suspects(repo / "results" / "audit" / "suspects.csv") is not None
     assert ran_stages(_run(repo, BIN / "dvc", "repro")) == []
     assert ran_stages(_run(repo, BIN / "dvc", "repro", "audit/dvc.yaml")) == []
     assert "up to date" in _run(repo, BIN / "dvc", "status")

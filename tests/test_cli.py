@@ -23,7 +23,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline import caches, files, model_record, prepare, store
+from pipeline import caches, files, model_record, prepare, store, tables
 from pipeline.cli import cli
 from pipeline.ingest import decode as decoding
 from pipeline.predict import predict as classify
@@ -150,7 +150,7 @@ def test_the_stages_by_hand_write_every_output(project):
     # Only what people compare: no timing, which would differ on every retraining.
     assert set(live) == {"train", "val", "learned"}
     assert set(live["train"]) == set(live["val"]) == {"loss", "accuracy"}
-    speeds = store.read_epoch_speeds(paths["live"] / "speed.csv")
+    speeds = tables.read_epoch_speeds(paths["live"] / "speed.csv")
     assert [row.step for row in speeds] == [0] and speeds[0].images_per_second > 0
     assert (paths["live"] / "plots" / "metrics" / "val" / "loss.tsv").is_file()
     ran_on = yaml.safe_load((paths["live"] / "params.yaml").read_text())

@@ -21,7 +21,8 @@ from pipeline.evaluate import (
     worst_mistakes,
 )
 from pipeline.models import build_model, compile_model
-from pipeline.store import ClassScoreRow, PrecisionRecallPoint, PredictionRow, Split
+from pipeline.store import Split
+from pipeline.tables import ClassScoreRow, PrecisionRecallPoint, PredictionRow
 
 
 def test_per_class_precision_recall_f1_and_support():

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline import ingest, near_duplicates, prepare, store
+from pipeline import ingest, near_duplicates, prepare, store, tables
 from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Prepare
@@ -353,7 +353,7 @@ def test_prepare_ends_saying_how_many_near_duplicates_leak_across_split_folders(
         "warning: 1 near-duplicate pairs are in two given split folders (first: "
         "train/cats/01.png and val/cats/copy.jpg)"
     )
-    report = store.read_json(tmp_path / "report" / "report.json")
+    report = tables.read_json(tmp_path / "report" / "report.json")
     assert report["near_duplicates"]["leaking_pairs"] == [
         ["train/cats/01.png", "val/cats/copy.jpg"]
     ]
