@@ -175,11 +175,12 @@ def prepare(
     """
     params = params_of(ctx)
     from pipeline import prepare as stage
+    from pipeline import prepare_report
     from pipeline.prepare_cache import CacheFile
 
     cache = None if no_cache else CacheFile(cache_path, params.ingest)
     processed = stage.run(interim, out, report_dir, params.prepare, cache=cache)
-    click.echo(stage.summary(processed.report, len(processed.class_indices), out))
+    click.echo(prepare_report.summary(processed.report, len(processed.class_indices), out))
 
 
 @cli.command()

@@ -9,7 +9,7 @@ from PIL import Image
 
 from bench.duplicates import KINDS
 from bench.ingest import photo
-from pipeline import near_duplicates, prepare, store
+from pipeline import near_duplicates, prepare, prepare_report, store
 from pipeline.ingest.decode import decode_bytes
 from pipeline.params import Ingest
 from tests.conftest import default_params, encode
@@ -104,7 +104,7 @@ def test_a_flipped_copy_under_another_class_is_a_conflict_naming_both_paths():
         "1 near-duplicate pairs are filed under two classes (first: a/3.jpg and "
         "b/mirrored.jpg): the same photo with two labels"
     )
-    summary = prepare.summary(processed.report, 2, store.Path("out"))
+    summary = prepare_report.summary(processed.report, 2, store.Path("out"))
     assert "1 across classes" in summary and f"warning: {warning}" in summary.splitlines()
 
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pipeline import ingest, near_duplicates, prepare, store, tables
+from pipeline import ingest, near_duplicates, prepare, prepare_report, store, tables
 from pipeline.cli import cli
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Prepare
@@ -481,7 +481,7 @@ def test_plots_are_real_pngs(tmp_path):
 def test_class_balance_writes_each_bar_s_count_and_keeps_its_legend_off_the_title():
     processed = prepare.prepare(noise_interim(60), SETTINGS)
     classes = list(processed.class_indices)
-    figure = prepare.class_balance_figure(processed.report, classes)
+    figure = prepare_report.class_balance_figure(processed.report, classes)
     figure.draw_without_rendering()  # lays the figure out, as saving it does
     (axes,), (legend,), (title,) = figure.axes, figure.legends, figure.texts
     splits = processed.report["splits"]
