@@ -38,19 +38,10 @@ def assign_folds(rows: list[store.SplitRow], folds: int) -> np.ndarray:
     return np.array([int(hashlib.sha256(key).hexdigest()[:16], 16) % folds for key in keys])
 
 
-class _Subset(shards.RowsLike):
-    """The sorted `rows` of an array-like of rows (a split's view), as one."""
-
-    def __init__(self, whole, rows: np.ndarray):
-        self.whole, self.rows = whole, rows
-        self.row_shape, self.dtype = tuple(whole.shape[1:]), whole.dtype
-
-    def __getitem__(self, key) -> np.ndarray:
-        return self.whole[self.rows[key]]
-
-
 def _subset(split: store.Split, rows: np.ndarray) -> store.Split:
-    return store.Split([_Subset(view, rows) for view in split.views], split.labels[rows])
+    """The sorted `rows` of a split read_split gave (its views shards.Rows)."""
+    views = [shards.Rows(view.folder, view.shards, view.index[rows]) for view in split.views]
+    return store.Split(views, split.labels[rows])
 
 
 def per_class(predictions: np.ndarray) -> np.ndarray:
