@@ -37,10 +37,11 @@ then `dvc add data/raw`, `dvc repro` and `dvc push`. What each push uploads (the
 remote's growth) and how much the DVC cache grows are given for the raw images (the new
 photos and data/raw's new listing, uploaded whatever the layout) apart from the arrays
 (data/interim and data/processed, ingest's and prepare's outputs), as a share of the
-arrays' bytes too; and the model's upload. Each pattern adds other photos (seeds), so
-that ingest's decode cache, which is not put back, never holds one pattern's photos for
-the next. Bytes are counted by walking the folders, each inode once (DVC may hard-link),
-whatever files they hold.
+arrays' bytes too; the model's upload; and how long prepare's command took in that
+`dvc repro`, beside its first run's (which described and searched every image). Each
+pattern adds other photos (seeds), so that ingest's decode cache, which is not put back,
+never holds one pattern's photos for the next. Bytes are counted by walking the folders,
+each inode once (DVC may hard-link), whatever files they hold.
 """
 
 import argparse
@@ -267,6 +268,7 @@ class Growth:
     model_pushed: Usage
     arrays: Usage  # data/interim + data/processed after the growth
     repro_seconds: float
+    prepare: Timing  # its command in that repro, with the cache and outputs of the last
 
 
 def arrays(repo: Repo) -> Usage:
@@ -288,6 +290,7 @@ def grow(repo: Repo) -> Growth:
         model_pushed=repo.growth(repo.remote, DVC, "push"),
         arrays=arrays(repo),
         repro_seconds=seconds,
+        prepare=read_timing(repo.timings / "prepare"),
     )
 
 
@@ -345,7 +348,8 @@ def measure(count: int, args: argparse.Namespace) -> None:
             growths[name] = grow(repo)
     print_stages(count, args, rows, sizes, pushed)
     if growths:
-        print_growth(new, growths)
+        first = next(timing for name, timing, _ in rows if name == "prepare")
+        print_growth(new, growths, first)
 
 
 def print_stages(count: int, args, rows, sizes: tuple[Usage, Usage], pushed: Usage) -> None:
@@ -364,16 +368,19 @@ def print_stages(count: int, args, rows, sizes: tuple[Usage, Usage], pushed: Usa
           f"{pushed.bytes / MB:,.1f} MB in {pushed.files:,} files")  # fmt: skip
 
 
-def print_growth(new: int, growths: dict[str, Growth]) -> None:
-    print(f"\nAfter adding 1% ({new:,} photos); MB (files); % of the arrays' bytes after it:\n")
+def print_growth(new: int, growths: dict[str, Growth], full_prepare: Timing) -> None:
+    print(f"\nAfter adding 1% ({new:,} photos); MB (files); % of the arrays' bytes after it; "
+          "prepare's command, % of its first run's:\n")  # fmt: skip
     print("| +1% | raw pushed | raw cached | arrays pushed | arrays cached | model pushed "
-          "| repro s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          "| repro s | prepare s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for name, growth in growths.items():
         print(f"| {name} | {sized(growth.raw_pushed)} | {sized(growth.raw_cached)} "
               f"| {sized(growth.arrays_pushed, growth.arrays)} "
               f"| {sized(growth.arrays_cached, growth.arrays)} "
-              f"| {sized(growth.model_pushed)} | {growth.repro_seconds:.1f} |")  # fmt: skip
+              f"| {sized(growth.model_pushed)} | {growth.repro_seconds:.1f} "
+              f"| {growth.prepare.seconds:.2f} "
+              f"{100 * growth.prepare.seconds / full_prepare.seconds:.0f}% |")  # fmt: skip
 
 
 def sized(used: Usage, of: Usage | None = None) -> str:

@@ -137,9 +137,11 @@ def set_aside(path: Path) -> Path:
             return aside
 
 
-def execute_in(connection: sqlite3.Connection, query: str, key: str, values: list[str]):
+def execute_in(connection: sqlite3.Connection, query: str, key: str, values: list[str]) -> list:
     """Run `query` (its WHERE clause ending "IN ({})") for `key` and each of `values`, one
-    statement per batch of 500, not per value; yields the rows it gives."""
+    statement per batch of 500, not per value; the rows it gives."""
+    rows = []
     for start in range(0, len(values), 500):
         batch = values[start : start + 500]
-        yield from connection.execute(query.format(", ".join("?" * len(batch))), (key, *batch))
+        rows += connection.execute(query.format(", ".join("?" * len(batch))), (key, *batch))
+    return rows

@@ -2,10 +2,14 @@
 
 Every file is written to a temporary name beside its target and renamed into place,
 so a killed stage never leaves a file that looks complete but is not; a stage clears
-its previous outputs first, so those present are never a mix of two runs.
+its previous outputs first, or (prepare) removes the file that marks them complete, so
+those present are never taken for a mix of two runs. A file that already holds what
+would be written is left as it is: a re-run after a small change writes, and DVC hashes
+again, only the files the change reaches.
 """
 
 import functools
+import io
 import json
 import math
 import os
@@ -83,7 +87,11 @@ def _umask() -> int:
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """Put `source`'s bytes at `target` whole: a hard link, or a copy across file systems."""
+    """Put `source`'s bytes at `target` whole: a hard link, or a copy across file systems;
+    a link made before is kept."""
+    with suppress(FileNotFoundError):
+        if os.path.samefile(source, target):
+            return
     with atomic_path(target) as temporary:
         temporary.unlink()
         try:
@@ -98,9 +106,29 @@ WRITE_PIECE = 1 << 20
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    """Write what np.save(allow_pickle=False) writes, the data in WRITE_PIECE pieces."""
+    """Write what np.save(allow_pickle=False) writes, the data in WRITE_PIECE pieces,
+    unless the file holds it already."""
+    header = npy_header(array.shape, array.dtype)
+    if _holds(path, len(header) + array.nbytes, lambda: header + array.tobytes()):
+        return
     with array_writer(path, array.shape, array.dtype) as write:
         write(array)
+
+
+@functools.cache
+def npy_header(shape: tuple[int, ...], dtype) -> bytes:
+    """The header np.save writes before the data of an array of `shape` and `dtype`, which
+    ends where the rows start (its length depends on the shape's digits)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header,
+        {
+            "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+            "fortran_order": False,
+            "shape": tuple(map(int, shape)),  # an np.int64 would be written "np.int64(3)"
+        },
+    )
+    return header.getvalue()
 
 
 @contextmanager
@@ -109,14 +137,9 @@ def array_writer(path: Path, shape: tuple[int, ...], dtype) -> Iterator[Callable
     function yielded appends rows, in order. The bytes are np.save's of the whole array;
     the file is renamed into place only once every row is written. Written with write(),
     not through a memory map, whose pages would count in the process's RSS."""
-    header = {
-        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-        "fortran_order": False,
-        "shape": tuple(map(int, shape)),  # an np.int64 would be written "np.int64(3)"
-    }
     size = np.dtype(dtype).itemsize * math.prod(shape)
     with atomic_path(path) as temporary, temporary.open("wb") as file:
-        np.lib.format.write_array_header_1_0(file, header)
+        file.write(npy_header(tuple(shape), np.dtype(dtype)))
         start = file.tell()
 
         def write(rows: np.ndarray) -> None:
@@ -142,8 +165,20 @@ def read_blocks(array, rows: int, indices: np.ndarray | None = None) -> Iterator
 
 
 def write_bytes(path: Path, data: bytes) -> None:
+    """Put `data` at `path`, unless the file holds it already."""
+    if _holds(path, len(data), lambda: data):
+        return
     with atomic_path(path) as temporary:
         temporary.write_bytes(data)
+
+
+def _holds(path: Path, size: int, data: Callable[[], bytes]) -> bool:
+    """Whether the file at `path` is `size` bytes long and those are `data()`, made only
+    when the size is right. Costs a stat, or a read of a file that is what it would be."""
+    try:
+        return path.stat().st_size == size and path.read_bytes() == data()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def write_json(path: Path, data) -> None:

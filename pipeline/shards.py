@@ -16,8 +16,6 @@ count in the process's RSS, so one pass over a mapped data set would grow to its
 Time to cut is O(N); reading rows costs one read per run of consecutive rows.
 """
 
-import functools
-import io
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -58,14 +56,16 @@ def path(folder: Path, name: str) -> Path:
 
 
 def write_arrays(folder: Path, shards: list[Shard], rows: Callable) -> None:
-    """One .npy file per shard in `folder`, its rows from `rows(start, stop)`."""
+    """One .npy file per shard in `folder`, its rows from `rows(start, stop)` (a file
+    there that holds them already is kept)."""
     for shard in shards:
         files.save_array(path(folder, shard.name), np.asarray(rows(shard.start, shard.stop)))
 
 
 def link_arrays(source: Path, folder: Path, shards: list[Shard]) -> None:
     """The shard files of `source` in `folder` too, as hard links (copies across file
-    systems): a view that is the ingested pixels costs no second copy."""
+    systems): a view that is the ingested pixels costs no second copy. Links made before
+    are kept."""
     for shard in shards:
         files.link_or_copy(path(source, shard.name), path(folder, shard.name))
 
@@ -152,7 +152,7 @@ class Rows(RowsLike):
 
     def _check(self, shard: Shard) -> None:
         rows = shard.stop - shard.start
-        size = _header_bytes(self.dtype.str, (rows, *self.row_shape)) + rows * self._row_bytes
+        size = len(files.npy_header((rows, *self.row_shape), self.dtype)) + rows * self._row_bytes
         file = path(self.folder, shard.name)
         if (actual := file.stat().st_size) != size:
             raise Damaged(file, f"{actual} bytes where {rows} rows take {size}")
@@ -166,7 +166,7 @@ class Rows(RowsLike):
         shard = self.shards[shard_at]
         row_bytes = self._row_bytes
         count = (stop - start) * math.prod(self.row_shape)
-        header = _header_bytes(self.dtype.str, (shard.stop - shard.start, *self.row_shape))
+        header = len(files.npy_header((shard.stop - shard.start, *self.row_shape), self.dtype))
         data = np.fromfile(
             path(self.folder, shard.name), self.dtype, count, offset=header + start * row_bytes
         )
@@ -184,17 +184,6 @@ def _row_type(file: Path) -> tuple[np.dtype, tuple[int, ...]]:
     if dtype.hasobject:  # pickled objects: never read, let alone unpickled
         raise Damaged(file, f"it holds Python objects ({dtype}), not pixels or labels")
     return dtype, shape[1:]
-
-
-@functools.cache
-def _header_bytes(descr: str, shape: tuple[int, ...]) -> int:
-    """Where the data starts in the .npy file of an array of `shape`: the header that
-    files.save_array writes, whose length depends on the shape's digits."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": descr, "fortran_order": False, "shape": shape}
-    )
-    return header.tell()
 
 
 def _runs(starts: np.ndarray, rows: np.ndarray) -> Iterator[tuple[int, int, int, slice]]:

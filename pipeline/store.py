@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import io
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import ClassVar
 
@@ -171,8 +172,20 @@ def write_processed(
 ) -> None:
     """Prepare's outputs, in the shards `cut`. Each view is shards.Rows already cut so (the
     ingested images: their files are linked), or a function giving rows start:stop of it,
-    called a shard at a time, so that no view is ever whole in memory."""
-    _clear(folder, PROCESSED_FILES)
+    called a shard at a time, so that no view is ever whole in memory.
+
+    The folder is kept between runs (dvc.yaml: persist): what a shard's files would be
+    written with is compared with what they hold, and only those that differ are written,
+    so a re-run after a 1% change writes about 1% of the files (a view that is not the
+    ingested image is still made for every shard: O(N) resizing, no more writing)."""
+    # First: from here until it is written again the folder is refused as incomplete.
+    (folder / "labels.json").unlink(missing_ok=True)
+    made = {f"view{index}" for index in range(len(views))}
+    for stale in [path for path in folder.glob("view*") if path.name not in made]:
+        _clear(folder, [stale.name])
+        with suppress(OSError):  # it holds what this project did not write: left
+            stale.rmdir()
+    _clear(folder, PROCESSED_FILES, keep={shard.name for shard in cut})
     _write_sharded(folder / "splits", cut, SplitRow, processed.rows)
     shards.write_arrays(folder / "labels", cut, lambda a, b: processed.labels[a:b])
     for index, view in enumerate(views):
@@ -235,14 +248,18 @@ def read_split_rows(
 SHARDED = (".npy", ".csv")  # what a shard folder holds
 
 
-def _clear(folder: Path, names) -> None:
+def _clear(folder: Path, names, keep: set[str] = frozenset()) -> None:
     """A stage's previous outputs out of `folder`: its files, and in its shard folders the
-    shard files, with what killed writes left; nothing else."""
+    shard files but those of the shards named in `keep`, with what killed writes left;
+    nothing else."""
     files.clear_outputs(folder, [])  # makes the folder, clears its leftovers
     for pattern in names:
         for path in folder.glob(pattern):
             if path.is_dir():
-                files.clear_outputs(path, [p.name for p in path.glob("*") if p.suffix in SHARDED])
+                stale = [
+                    p.name for p in path.glob("*") if p.suffix in SHARDED and p.stem not in keep
+                ]
+                files.clear_outputs(path, stale)
             else:
                 path.unlink()
 

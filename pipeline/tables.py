@@ -9,6 +9,7 @@ A file that is there but cannot be parsed is named, with how to mend it (parsing
 
 import csv
 import dataclasses
+import io
 import json
 import operator
 from collections.abc import Iterator
@@ -41,13 +42,11 @@ def read_json(path: Path):
 def write_rows(path: Path, row_type: type, rows: list) -> None:
     names = [field.name for field in dataclasses.fields(row_type)]
     values = operator.attrgetter(*names)  # dataclasses.astuple deep-copies: 10x slower
-    with (
-        files.atomic_path(path) as temporary,
-        temporary.open("w", newline="", encoding="utf-8") as file,
-    ):
-        writer = csv.writer(file, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows(map(values, rows))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(names)
+    writer.writerows(map(values, rows))
+    files.write_bytes(path, text.getvalue().encode())
 
 
 def read_rows(path: Path, row_type: type) -> list:
@@ -56,14 +55,27 @@ def read_rows(path: Path, row_type: type) -> list:
 
 
 def parse_rows(lines, row_type: type) -> list:
-    types = {field.name: field.type for field in dataclasses.fields(row_type)}
-    reader = csv.DictReader(lines)
-    if reader.fieldnames != list(types):  # e.g. a manifest shard given for a splits shard
+    names = [field.name for field in dataclasses.fields(row_type)]
+    # Each column's type, None for text: calling str on each of a million values is 0.1 s.
+    types = [None if field.type is str else field.type for field in dataclasses.fields(row_type)]
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header != names:  # e.g. a manifest shard given for a splits shard
         raise ValueError(
-            f"its columns are {', '.join(reader.fieldnames or ['none'])}, where a "
-            f"{row_type.table} has {', '.join(types)}"
+            f"its columns are {', '.join(header or ['none'])}, where a "
+            f"{row_type.table} has {', '.join(names)}"
         )
-    return [row_type(**{name: types[name](value) for name, value in row.items()}) for row in reader]
+    if not any(types):
+        return [row_type(*values) for values in reader]
+    return [
+        row_type(
+            *[
+                value if kind is None else kind(value)
+                for kind, value in zip(types, values, strict=True)
+            ]
+        )
+        for values in reader
+    ]
 
 
 @dataclasses.dataclass(frozen=True)

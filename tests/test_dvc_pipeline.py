@@ -68,6 +68,35 @@ def test_a_bad_param_fails_repro_before_any_stage_output_exists(repo):
     assert not (repo / "data" / "interim" / "images").exists()
 
 
+def test_repro_after_a_new_image_rewrites_only_the_prepared_files_it_reaches(repo):
+    """dvc.yaml keeps data/processed while prepare runs, and prepare leaves each file that
+    holds what it would write: those of the classes without new images keep their inodes.
+    With `cache.type hardlink`: DVC's default copies over prepare's links to the ingested
+    images, which prepare then links again (README)."""
+    run(repo, BIN / "dvc", "config", "cache.type", "hardlink")
+    run(repo, BIN / "dvc", "repro", "prepare")
+    processed = repo / "data" / "processed"
+    inodes = {path: path.stat().st_ino for path in processed.rglob("*") if path.is_file()}
+    (repo / "data" / "raw" / "dark" / "new.png").write_bytes(image_bytes(30, "new dark"))
+    assert ran_stages(run(repo, BIN / "dvc", "repro", "prepare")) == ["ingest", "prepare"]
+    rewritten = {
+        path.relative_to(processed).as_posix()
+        for path in processed.rglob("*")
+        if path.is_file() and inodes.get(path) != path.stat().st_ino
+    }
+    shard = {path.split("/")[1].removesuffix(".csv") for path in rewritten if "splits/" in path}
+    assert len(shard) == 1  # the one dark's last images are in, of one shard a class at least
+    (name,) = shard
+    # labels.json is written anew each run; DVC links it back to its unchanged cache object.
+    assert rewritten - {"labels.json"} == {
+        "shards.csv", f"splits/{name}.csv", f"labels/{name}.npy", f"view0/{name}.npy"
+    }  # fmt: skip
+    grown = {path: path.read_bytes() for path in processed.rglob("*") if path.is_file()}
+    shutil.rmtree(processed)
+    run(repo, BIN / "dvc", "repro", "--force", "prepare")  # the same bytes built cold
+    assert {path: path.read_bytes() for path in processed.rglob("*") if path.is_file()} == grown
+
+
 def test_diff_shows_what_changed_between_two_commits(repo):
     run(repo, BIN / "dvc", "repro", "prepare")
     run(repo, "git", "add", "-A")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import files, shards, store
 from pipeline.errors import PipelineError
@@ -118,7 +119,7 @@ def test_killed_ingest_never_looks_complete_and_reruns_identically(project, phas
     assert snapshot(out) == reference
 
 
-@pytest.mark.parametrize("phase", ["computing", "writing"])
+@pytest.mark.parametrize("phase", ["computing", "writing", "writing over the last run's"])
 def test_killed_prepare_never_looks_complete_and_reruns_identically(project, phase):
     root, params = project
     if not (root / "reference").exists():
@@ -128,15 +129,23 @@ def test_killed_prepare_never_looks_complete_and_reruns_identically(project, pha
         done = imgpipe(root, params, *prepare, "--out", "processed", "--report-dir", "report")
         assert done.wait() == 0
     reference = snapshot(root / "processed"), snapshot(root / "report")
-    out, report = root / f"processed-{phase}", root / f"report-{phase}"
+    out, report = root / f"processed-{phase.split()[0]}", root / f"report-{phase.split()[0]}"
     args = [*prepare, "--out", out, "--report-dir", report]
+    if phase.endswith("last run's"):  # another split of every image in the folder kept
+        other = yaml.safe_load(params.read_text())
+        other["prepare"]["split_salt"] = "another"
+        (root / "other.yaml").write_text(yaml.safe_dump(other))
+        assert imgpipe(root, root / "other.yaml", *args).wait() == 0
     run = imgpipe(root, params, *args)
     if phase == "computing":  # running, nothing written yet
         started = time.monotonic()
         kill_in_phase(run, lambda: time.monotonic() - started > 0.3,
                       lambda: files_in(out) == files_in(report) == set())  # fmt: skip
-    else:  # the first shard is in place, labels.json (written last) not yet
+    elif phase == "writing":  # the first shard is in place, labels.json (written last) not yet
         kill_in_phase(run, lambda: files_in(out), lambda: "labels.json" not in files_in(out))
+    else:  # the last run's labels.json gone (the first thing writing does), the new not yet
+        unmarked = lambda: "labels.json" not in files_in(out)  # noqa: E731
+        kill_in_phase(run, unmarked, unmarked)
     assert "labels.json" not in files_in(out)  # visibly incomplete
     with pytest.raises(PipelineError, match="not a complete prepared folder"):
         store.read_split(out, "train")

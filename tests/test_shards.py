@@ -1,5 +1,6 @@
 """The sharded layout: a grown data set rewrites only the shards its new images land in,
-and the bytes are the same however they were built."""
+prepare writes only those over its last run's outputs, and the bytes are the same however
+they were built."""
 
 from pathlib import Path
 
@@ -55,10 +56,8 @@ def landed_in(root: Path, new: set[str]) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("where", ["after each class's last image", "in a new sub-folder"])
-def test_new_images_rewrite_only_the_shards_they_land_in(tmp_path, where):
-    raw = make_dataset(tmp_path / "raw", per_class=100)
-    before = build(raw, tmp_path / "before")
+def add_images(raw: Path, where: str) -> set[str]:
+    """Three new images in each class, `where` says; their paths."""
     new = set()
     for name, level in CLASS_LEVELS.items():
         for index in range(3):
@@ -68,6 +67,14 @@ def test_new_images_rewrite_only_the_shards_they_land_in(tmp_path, where):
             (raw / path).parent.mkdir(exist_ok=True)
             (raw / path).write_bytes(image_bytes(level, f"new {path}"))
             new.add(path)
+    return new
+
+
+@pytest.mark.parametrize("where", ["after each class's last image", "in a new sub-folder"])
+def test_new_images_rewrite_only_the_shards_they_land_in(tmp_path, where):
+    raw = make_dataset(tmp_path / "raw", per_class=100)
+    before = build(raw, tmp_path / "before")
+    new = add_images(raw, where)
     after = build(raw, tmp_path / "after")
     expected = landed_in(tmp_path / "after", new)
     assert changed(before, after) == expected
@@ -86,3 +93,48 @@ def test_a_grown_set_built_with_the_cache_is_the_bytes_of_one_built_cold(tmp_pat
     for index in range(5):
         (raw / "dark" / f"new{index}.png").write_bytes(image_bytes(30, f"new {index}"))
     assert build(raw, tmp_path / "incremental", cache) == build(raw, tmp_path / "cold")
+
+
+def files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each file under `folder`, by path relative to it: its (device, inode)."""
+    return {
+        path.relative_to(folder).as_posix(): (path.stat().st_dev, path.stat().st_ino)
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+
+
+def test_prepare_over_its_last_outputs_writes_only_the_files_that_change(tmp_path):
+    """As `dvc repro` runs it (dvc.yaml keeps data/processed): the files whose bytes stay
+    are left in place, and the folder ends as one built cold, stale shards gone."""
+    raw = make_dataset(tmp_path / "raw", per_class=100)
+    cache = tmp_path / "cache.sqlite"  # ingest links the shards it kept: their files stay
+    before = build(raw, tmp_path / "kept", cache)
+    processed = tmp_path / "kept" / "processed"
+    kept = files_of(processed)
+    add_images(raw, "after each class's last image")
+    # The first image of a shard: the shard after the removal is named after its second.
+    manifest = store.read_interim(tmp_path / "kept" / "interim").manifest
+    first = store.interim_shards(manifest)[3]
+    (raw / manifest[first.start].path).unlink()
+    after = build(raw, tmp_path / "kept", cache)
+    assert after == build(raw, tmp_path / "cold")
+    written = {path for path, file in files_of(processed).items() if kept.get(path) != file}
+    changed = {
+        path.removeprefix("processed/")
+        for path, data in after.items()
+        if path.startswith("processed/") and before.get(path) != data
+    }
+    assert written == changed | {"labels.json"}  # the one file always written, last
+    untouched = set(files_of(processed)) - written
+    assert {path.split("/")[0] for path in untouched} == {"splits", "labels", "view0", "view1"}
+    gone = {path.removeprefix("processed/") for path in set(before) - set(after)}
+    assert f"splits/{first.name}.csv" in gone
+
+
+def test_a_view_no_longer_made_leaves_the_prepared_folder(tmp_path):
+    build(make_dataset(tmp_path / "raw", per_class=20), tmp_path)
+    one_view = PREPARE.model_copy(update={"views": PREPARE.views[:1]})
+    prepare.run(tmp_path / "interim", tmp_path / "processed", tmp_path / "report", one_view)
+    assert not (tmp_path / "processed" / "view1").exists()
+    assert len(store.read_split(tmp_path / "processed", "train").views) == 1

@@ -208,7 +208,7 @@ class DecodeCache:
             )
             drop = "UPDATE results SET pixels = NULL WHERE settings = ? AND sha256 IN ({})"
             hashes = [row.sha256 for row in manifest]
-            list(caches.execute_in(self.connection, drop, self.settings_key, hashes))  # no rows
+            caches.execute_in(self.connection, drop, self.settings_key, hashes)
         # The freed pages off the disk; only a script steps the pragma to its end.
         self.connection.executescript("PRAGMA incremental_vacuum;")
 
