@@ -87,11 +87,14 @@ def _umask() -> int:
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """Put `source`'s bytes at `target` whole: a hard link, or a copy across file systems;
-    a link made before is kept."""
+    """Put `source`'s bytes at `target` whole: a hard link, or a copy across file systems.
+    A target that holds them already is kept: a link made before, or a copy of its file
+    (DVC's default cache.type copies over the hard links in a stage's outputs)."""
     with suppress(FileNotFoundError):
         if os.path.samefile(source, target):
             return
+    if _holds(target, source.stat().st_size, source.read_bytes):
+        return
     with atomic_path(target) as temporary:
         temporary.unlink()
         try:

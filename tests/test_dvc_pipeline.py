@@ -68,12 +68,13 @@ def test_a_bad_param_fails_repro_before_any_stage_output_exists(repo):
     assert not (repo / "data" / "interim" / "images").exists()
 
 
-def test_repro_after_a_new_image_rewrites_only_the_prepared_files_it_reaches(repo):
+@pytest.mark.parametrize("cache_type", ["copy", "hardlink"])
+def test_repro_after_a_new_image_rewrites_only_the_prepared_files_it_reaches(repo, cache_type):
     """dvc.yaml keeps data/processed while prepare runs, and prepare leaves each file that
-    holds what it would write: those of the classes without new images keep their inodes.
-    With `cache.type hardlink`: DVC's default copies over prepare's links to the ingested
-    images, which prepare then links again (README)."""
-    run(repo, BIN / "dvc", "config", "cache.type", "hardlink")
+    holds what it would write: those of the classes without new images keep their inodes,
+    whether DVC copied over prepare's links to the ingested images (its default) or
+    links them all to its cache."""
+    run(repo, BIN / "dvc", "config", "cache.type", cache_type)
     run(repo, BIN / "dvc", "repro", "prepare")
     processed = repo / "data" / "processed"
     inodes = {path: path.stat().st_ino for path in processed.rglob("*") if path.is_file()}
