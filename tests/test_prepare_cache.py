@@ -167,6 +167,27 @@ def test_the_hashes_are_keyed_by_the_ingest_settings_that_made_the_pixels(tmp_pa
         assert sum(map(len, hashed)) == hashed_now
 
 
+def test_the_last_runs_descriptors_come_from_one_row_and_only_the_others_one_by_one(
+    tmp_path, monkeypatch
+):
+    asked = []
+    by_image = prepare_cache.PrepareCache.descriptors
+    monkeypatch.setattr(prepare_cache.PrepareCache, "descriptors",
+                        lambda self, shas: asked.append(shas) or by_image(self, shas))  # fmt: skip
+    interim, extra = _with_copies(30), noise_interim(40, seed=1)
+    grown = _added(interim, store.Interim(extra.images[35:], extra.manifest[35:], [], [], {}))
+    cache = prepare_cache.CacheFile(tmp_path / "prepared.sqlite", GRAY)
+    previous = set()
+    for run in (interim, interim, grown, interim):
+        expected = prepare_cache.near_duplicates_of(run, 8, DISTANCE, None)
+        asked.clear()
+        pairs = prepare_cache.near_duplicates_of(run, 8, DISTANCE, cache)
+        np.testing.assert_array_equal(pairs, expected)
+        shas = {row.sha256 for row in run.manifest}
+        assert set(asked[0]) == shas - previous  # all 30, none, the 5 added, none
+        previous = shas
+
+
 def test_a_damaged_cache_is_set_aside_with_a_warning_and_the_pairs_are_the_same(tmp_path, capsys):
     interim = _with_copies(40)
     path = tmp_path / "prepared.sqlite"
