@@ -64,8 +64,8 @@ def write_arrays(folder: Path, shards: list[Shard], rows: Callable) -> None:
 
 def link_arrays(source: Path, folder: Path, shards: list[Shard]) -> None:
     """The shard files of `source` in `folder` too, as hard links (copies across file
-    systems): a view that is the ingested pixels costs no second copy. Links made before
-    are kept."""
+    systems): a view that is the ingested pixels costs no second copy. A file there that
+    holds the bytes already (a link made before, or a copy of it) is kept."""
     for shard in shards:
         files.link_or_copy(path(source, shard.name), path(folder, shard.name))
 

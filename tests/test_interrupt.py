@@ -1,7 +1,8 @@
 """SIGKILL at any moment never leaves an output that looks complete but is not.
 
-Each stage clears its previous outputs, renames every file into place whole and
-writes its summary file last; the decode cache commits whole transactions. So
+Each stage clears its previous outputs (prepare, which keeps the files that stay the
+same, removes the one that marks them complete), renames every file into place whole
+and writes its summary file last; the decode cache commits whole transactions. So
 after a kill, either the summary file is missing (visibly incomplete) or every
 output is there and correct, and a re-run writes the same bytes as a run that
 was never interrupted.
