@@ -56,8 +56,9 @@ def read_rows(path: Path, row_type: type) -> list:
 
 def parse_rows(lines, row_type: type) -> list:
     names = [field.name for field in dataclasses.fields(row_type)]
-    # Each column's type, None for text: calling str on each of a million values is 0.1 s.
-    types = [None if field.type is str else field.type for field in dataclasses.fields(row_type)]
+    # The columns that are not text, converted in place: calling str on each of a million
+    # values, or building a list a row, costs 0.1 s each.
+    typed = [(i, f.type) for i, f in enumerate(dataclasses.fields(row_type)) if f.type is not str]
     reader = csv.reader(lines)
     header = next(reader, None)
     if header != names:  # e.g. a manifest shard given for a splits shard
@@ -65,17 +66,14 @@ def parse_rows(lines, row_type: type) -> list:
             f"its columns are {', '.join(header or ['none'])}, where a "
             f"{row_type.table} has {', '.join(names)}"
         )
-    if not any(types):
-        return [row_type(*values) for values in reader]
-    return [
-        row_type(
-            *[
-                value if kind is None else kind(value)
-                for kind, value in zip(types, values, strict=True)
-            ]
-        )
-        for values in reader
-    ]
+    rows = []
+    for values in reader:
+        if len(values) != len(names):
+            raise ValueError(f"a row has {len(values)} columns, not {len(names)}")
+        for i, kind in typed:
+            values[i] = kind(values[i])
+        rows.append(row_type(*values))
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)
