@@ -73,7 +73,8 @@ class PrepareCache:
         query = "SELECT sha256, descriptor FROM descriptors WHERE settings = ? AND sha256 IN ({})"
         return dict(caches.execute_in(self.connection, query, self.key, shas))
 
-    def keep_descriptors(self, shas: list[str], found: near_duplicates.Descriptors) -> None:
+    def keep_descriptors(self, shas: list[str], descriptors: np.ndarray) -> None:
+        """Keep each of `shas`' (N, DESCRIPTOR_BYTES) descriptors (_as_bytes)."""
         if self.connection is None:
             return
         with self.connection:
@@ -81,7 +82,7 @@ class PrepareCache:
                 "INSERT OR REPLACE INTO descriptors VALUES (?, ?, ?)",
                 [
                     (self.key, sha, row.tobytes())
-                    for sha, row in zip(shas, _as_bytes(found), strict=True)
+                    for sha, row in zip(shas, descriptors, strict=True)
                 ],
             )
 
@@ -176,9 +177,8 @@ def descriptors_of(
         joined = b"".join(found[shas[i]] for i in rest[hit])
         known[rest[hit]] = np.frombuffer(joined, np.uint8).reshape(-1, known.shape[1])
     todo = rest[~hit]
-    made = near_duplicates.descriptors(images, rows, todo)
-    cache.keep_descriptors([shas[i] for i in todo], made)
-    known[todo] = _as_bytes(made)
+    known[todo] = _as_bytes(near_duplicates.descriptors(images, rows, todo))
+    cache.keep_descriptors([shas[i] for i in todo], known[todo])
     if members != shas:
         cache.keep_descriptor_set(shas, known)
     hash_bytes = near_duplicates.VARIANTS * 32
