@@ -168,3 +168,22 @@ def test_the_pairs_given_those_among_old_images_are_a_full_search(max_distance):
         found.hashes, known, new, max_distance, 64, found.thumbnails
     )
     np.testing.assert_array_equal(pairs, expected)
+
+
+def test_pairs_close_on_the_hashes_first_halves_are_checked_on_the_whole():
+    """The search compares the hashes' first halves, then checks the pairs they find: copies
+    of one hash with 20 to 28 bits flipped, all in its second half or spread across both,
+    pair with it exactly while within max_distance."""
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 2**64, 4, dtype=np.uint64)
+    copies = [original]
+    for flipped in range(20, 29):
+        for lowest in (128, 64):  # the second half only; both halves
+            bits = np.zeros(256, bool)
+            bits[rng.choice(np.arange(lowest, 256), flipped, replace=False)] = True
+            copies.append(original ^ np.packbits(bits).view(">u8").astype(np.uint64))
+    hashes = np.stack(copies)[:, None]  # (N, 1, 4): no transformed hash
+    distances = np.bitwise_count(hashes[:, None, 0] ^ hashes[None, :, 0]).sum(axis=2)
+    expected = np.argwhere(np.triu(distances <= 24, 1))
+    assert {int(distances[0, j]) for i, j in expected if i == 0} == set(range(20, 25))
+    np.testing.assert_array_equal(near_duplicates.near_duplicate_pairs(hashes, 24), expected)
