@@ -86,14 +86,23 @@ def _umask() -> int:
     return mask
 
 
-def link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path, known: dict[str, str] | None = None) -> None:
     """Put `source`'s bytes at `target` whole: a hard link, or a copy across file systems.
     A target that holds them already is kept: a link made before, or a copy of its file
-    (DVC's default cache.type copies over the hard links in a stage's outputs)."""
+    (DVC's default cache.type copies over the hard links in a stage's outputs).
+
+    `known` maps targets to the two files' signature when the copy was last found to hold
+    the source's bytes; an unchanged signature keeps it without reading either file (as
+    DVC's state trusts sizes and times), and a copy read and found whole is added."""
     with suppress(FileNotFoundError):
         if os.path.samefile(source, target):
             return
+    signature = _signature(source, target)
+    if known is not None and signature is not None and known.get(str(target)) == signature:
+        return
     if _holds(target, source.stat().st_size, source.read_bytes):
+        if known is not None and signature is not None:
+            known[str(target)] = signature
         return
     with atomic_path(target) as temporary:
         temporary.unlink()
@@ -101,6 +110,17 @@ def link_or_copy(source: Path, target: Path) -> None:
             os.link(source, temporary)
         except OSError:
             shutil.copyfile(source, temporary)
+
+
+def _signature(*paths: Path) -> str | None:
+    """The files' device, inode, size and modification time, which DVC's state trusts
+    too: any write or replacement of one changes it (not the change time: a new link to
+    the file, as ingest's from its cache, changes that). None when one is missing."""
+    try:
+        found = [os.stat(path) for path in paths]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return " ".join(f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}" for s in found)
 
 
 # Pixels go to disk in pieces this size: here one 49 MB write() took ten times as long as

@@ -28,7 +28,7 @@ from pipeline import figures, files, prepare_report, store
 from pipeline.errors import PipelineError
 from pipeline.near_duplicates import THUMBNAIL_BYTES, group_of, pil_image
 from pipeline.params import CHANNELS, PIL_MODES, Prepare, View
-from pipeline.prepare_cache import CacheFile, near_duplicates_of
+from pipeline.prepare_cache import CacheFile, near_duplicates_of, with_verified_copies
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # a group goes to its members' highest
 
@@ -247,7 +247,10 @@ def run(
         else (lambda start, stop, view=view: derive_view(interim.images[start:stop], view))
         for view, view_shape in zip(settings.views, view_shapes(settings), strict=True)
     ]
-    store.write_processed(out, processed, store.interim_shards(interim.manifest), views)
+    cut = store.interim_shards(interim.manifest)
+    with_verified_copies(
+        out, cache, lambda known: store.write_processed(out, processed, cut, views, known)
+    )
     files.clear_outputs(report_dir, [*plots, "report.json"])
     for name, data in plots.items():
         files.write_bytes(report_dir / name, data)

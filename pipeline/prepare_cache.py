@@ -1,7 +1,8 @@
 """Prepare's cache: each image's near-duplicate descriptors (perceptual hashes and
 thumbnail) and the near-duplicate pairs, kept by the image's content hash, so that a
 re-run describes only the images it has not seen and searches only those against the
-rest.
+rest. It also keeps which copies of the views (DVC's, over prepare's links) were last
+found whole, so that a re-run does not read them again.
 
 One SQLite file, made and guarded as pipeline/caches.py says; deleted, the next run
 describes and searches everything again. Descriptors are a function of the ingested
@@ -21,6 +22,8 @@ sha256 and the pairs.
 """
 
 import contextlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,6 +41,8 @@ PREPARE = caches.Kind("prepare", "prepare cache", "IMGPIPE_PREPARE_CACHE", "hash
 # are also kept in one row, in its members' order, which a run reads at once (200,000
 # rows of descriptors cost 1.4 s to fetch one by one). perceptual_hashes held them
 # before, keyed by older PHASH_VERSIONs, so none of its rows would be read again: dropped.
+# verified_copies holds, per prepared folder, the copies of its views last found whole
+# (files.link_or_copy), as JSON.
 SCHEMA = """
 DROP TABLE IF EXISTS perceptual_hashes;
 CREATE TABLE IF NOT EXISTS descriptors (
@@ -46,6 +51,7 @@ CREATE TABLE IF NOT EXISTS descriptors (
 CREATE TABLE IF NOT EXISTS descriptor_sets (
     settings TEXT PRIMARY KEY, members TEXT, descriptors BLOB
 );
+CREATE TABLE IF NOT EXISTS verified_copies (folder TEXT PRIMARY KEY, copies TEXT);
 CREATE TABLE IF NOT EXISTS near_duplicate_pairs (
     settings TEXT, distance INT, members TEXT, pairs BLOB, PRIMARY KEY (settings, distance)
 );
@@ -131,6 +137,28 @@ class PrepareCache:
                 (self.key, max_distance, "\n".join(shas), pairs.astype("<i8").tobytes()),
             )
 
+    def verified_copies(self, folder: Path) -> dict[str, str]:
+        """The copies in `folder` last found to hold their sources' bytes, with the
+        signature of both files then."""
+        if self.connection is None:
+            return {}
+        query = "SELECT copies FROM verified_copies WHERE folder = ?"
+        row = self.connection.execute(query, (str(folder.absolute()),)).fetchone()
+        return {} if row is None else json.loads(row[0])
+
+    def keep_verified_copies(self, folder: Path, copies: dict[str, str]) -> None:
+        """`copies` in place of those kept for `folder`, but those no longer there."""
+        if self.connection is None:
+            return
+        copies = {
+            target: signature for target, signature in copies.items() if Path(target).exists()
+        }
+        with self.connection:
+            self.connection.execute(
+                "INSERT OR REPLACE INTO verified_copies VALUES (?, ?)",
+                (str(folder.absolute()), json.dumps(copies, sort_keys=True)),
+            )
+
     def close(self) -> None:
         if self.connection is not None:
             self.connection.close()
@@ -158,6 +186,23 @@ def near_duplicates_of(
             return pairs_of(found.hashes, shas, max_distance, kept, found.thumbnails)
 
     return caches.use(path, PREPARE, work)
+
+
+def with_verified_copies(
+    folder: Path, cache: CacheFile | None, work: Callable[[dict[str, str] | None], None]
+) -> None:
+    """work(known): `known` the copies in `folder` last found whole (files.link_or_copy),
+    from the cache, kept there after with those work found; None without a cache. Costs a
+    read and a write of one row of N / 32 entries."""
+
+    def run(path: Path | None) -> None:
+        with contextlib.closing(PrepareCache(path, "")) as kept:
+            known = None if path is None else kept.verified_copies(folder)
+            work(known)
+            if known is not None:
+                kept.keep_verified_copies(folder, known)
+
+    caches.use(None if cache is None else cache.path, PREPARE, run)
 
 
 def descriptors_of(

@@ -62,12 +62,15 @@ def write_arrays(folder: Path, shards: list[Shard], rows: Callable) -> None:
         files.save_array(path(folder, shard.name), np.asarray(rows(shard.start, shard.stop)))
 
 
-def link_arrays(source: Path, folder: Path, shards: list[Shard]) -> None:
+def link_arrays(
+    source: Path, folder: Path, shards: list[Shard], known: dict[str, str] | None = None
+) -> None:
     """The shard files of `source` in `folder` too, as hard links (copies across file
     systems): a view that is the ingested pixels costs no second copy. A file there that
-    holds the bytes already (a link made before, or a copy of it) is kept."""
+    holds the bytes already (a link made before, or a copy of it) is kept; `known` as
+    files.link_or_copy's."""
     for shard in shards:
-        files.link_or_copy(path(source, shard.name), path(folder, shard.name))
+        files.link_or_copy(path(source, shard.name), path(folder, shard.name), known)
 
 
 def write_index(index_file: Path, shards: list[Shard]) -> None:

@@ -168,7 +168,11 @@ def read_interim(folder: Path) -> Interim:
 
 
 def write_processed(
-    folder: Path, processed: Processed, cut: list[shards.Shard], views: list
+    folder: Path,
+    processed: Processed,
+    cut: list[shards.Shard],
+    views: list,
+    known: dict[str, str] | None = None,
 ) -> None:
     """Prepare's outputs, in the shards `cut`. Each view is shards.Rows already cut so (the
     ingested images: their files are linked), or a function giving rows start:stop of it,
@@ -177,7 +181,8 @@ def write_processed(
     The folder is kept between runs (dvc.yaml: persist): what a shard's files would be
     written with is compared with what they hold, and only those that differ are written,
     so a re-run after a 1% change writes about 1% of the files (a view that is not the
-    ingested image is still made for every shard: O(N) resizing, no more writing)."""
+    ingested image is still made for every shard: O(N) resizing, no more writing). `known`
+    holds the views' copies last found whole (files.link_or_copy)."""
     # First: from here until it is written again the folder is refused as incomplete.
     (folder / "labels.json").unlink(missing_ok=True)
     made = {f"view{index}" for index in range(len(views))}
@@ -190,7 +195,7 @@ def write_processed(
     shards.write_arrays(folder / "labels", cut, lambda a, b: processed.labels[a:b])
     for index, view in enumerate(views):
         if isinstance(view, shards.Rows):
-            shards.link_arrays(view.folder, folder / f"view{index}", cut)
+            shards.link_arrays(view.folder, folder / f"view{index}", cut, known)
         else:
             shards.write_arrays(folder / f"view{index}", cut, view)
     shards.write_index(folder / "shards.csv", cut)

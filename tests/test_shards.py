@@ -2,12 +2,14 @@
 prepare writes only those over its last run's outputs, and the bytes are the same however
 they were built."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 from pipeline import ingest, prepare, store
 from pipeline.params import Ingest, Prepare
+from pipeline.prepare_cache import CacheFile
 from tests.conftest import CLASS_LEVELS, default_params, image_bytes, make_dataset, snapshot
 
 INGEST = Ingest.model_validate(default_params()["ingest"] | {"image_size": [32, 32]})
@@ -130,6 +132,39 @@ def test_prepare_over_its_last_outputs_writes_only_the_files_that_change(tmp_pat
     assert {path.split("/")[0] for path in untouched} == {"splits", "labels", "view0", "view1"}
     gone = {path.removeprefix("processed/") for path in set(before) - set(after)}
     assert f"splits/{first.name}.csv" in gone
+
+
+def test_a_copy_of_a_view_found_whole_is_kept_unread_until_it_is_written(tmp_path):
+    """As DVC's default cache.type leaves data/processed: its view's files copies of the
+    interim's. A copy found whole is kept on the next run without being read (by its and
+    its source's size, time and inode, as DVC's state trusts them: other bytes under the
+    old size and time are kept too); one written since is read and put right."""
+    build(make_dataset(tmp_path / "raw", per_class=20), tmp_path)
+    view = sorted((tmp_path / "processed" / "view0").glob("*.npy"))
+    for path in view:  # DVC's copy over prepare's link
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data)
+    cache = CacheFile(tmp_path / "prepared.sqlite", INGEST)
+
+    def rerun(cache: CacheFile | None) -> None:
+        prepare.run(tmp_path / "interim", tmp_path / "processed", tmp_path / "report",
+                    PREPARE, cache=cache)  # fmt: skip
+
+    rerun(cache)  # reads each copy, finds it whole, keeps it
+    forged, written = view[0], view[1]
+    source = {path: (tmp_path / "interim" / "images" / path.name).read_bytes() for path in view}
+    before = forged.stat()
+    forged.write_bytes(source[forged][:-1] + bytes([source[forged][-1] ^ 1]))
+    os.utime(forged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    written.write_bytes(source[written][:-1] + bytes([source[written][-1] ^ 1]))
+    rerun(cache)
+    assert forged.read_bytes() != source[forged]  # unread
+    assert written.read_bytes() == source[written]
+    assert all(not os.path.samefile(path, tmp_path / "interim" / "images" / path.name)
+               for path in view[2:])  # fmt: skip
+    rerun(None)  # without the cache every copy is read
+    assert forged.read_bytes() == source[forged]
 
 
 def test_a_view_no_longer_made_leaves_the_prepared_folder(tmp_path):
